@@ -26,6 +26,8 @@ from sandbox.timeline import Entry, Timeline
 from sandbox.watching import ResourceWatcher
 
 CRD_DIR = Path(__file__).with_name("crds")
+# Objects the sandbox writes to in order to know its controllers have caught up (see settle()).
+BARRIER_NS, BARRIER = "sandbox-system", "barrier"
 WAIT_TIMEOUT_S = 30.0
 TOKEN_LIFETIME_S = 3600  # minted service-account tokens; the API server's minimum is 600 s
 
@@ -67,9 +69,8 @@ class Database:
         return {k: base64.b64decode(v).decode() for k, v in data.items()}
 
     def timeline(self) -> list[Entry]:
-        """The provisioner's record for this namespace, complete up to the database's current state."""
-        rv = int(self.get()["metadata"]["resourceVersion"])
-        self.sandbox.timeline.wait_for_database_version(self.namespace, self.name, rv, WAIT_TIMEOUT_S)
+        """The emulated KubeDB's record for this namespace, complete up to this moment."""
+        self.sandbox.settle()
         return self.sandbox.timeline.entries(self.namespace)
 
 
@@ -81,6 +82,7 @@ class Sandbox:
         self.timeline = Timeline()
         self._watchers: list[ResourceWatcher] = []
         self._kubelet: PetSetKubelet | None = None
+        self._barrier_count = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Sandbox:
@@ -91,6 +93,7 @@ class Sandbox:
             self.custom = client.CustomObjectsApi(self.api)
             self._install_crds()
             self._start_controllers()
+            self._create_barriers()
         except BaseException:
             self.stop()
             raise
@@ -185,6 +188,75 @@ class Sandbox:
                 raise TimeoutError(f"{watcher.name} did not sync")
 
     # -- helpers -----------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Wait until every controller has handled every change made before this call.
+
+        A write to a barrier object of each watched kind yields a resourceVersion; a watch delivers
+        events in resourceVersion order, so once its handler has seen the barrier it has seen all
+        earlier events of its kind.
+        """
+        self._barrier_count += 1
+        stamp = {
+            "metadata": {"annotations": {"sandbox.mssql-auth-rotation/barrier": str(self._barrier_count)}}
+        }
+        writes = {
+            "pods": lambda: self.core.patch_namespaced_pod(BARRIER, BARRIER_NS, stamp),
+            "secrets": lambda: self.core.patch_namespaced_secret(BARRIER, BARRIER_NS, stamp),
+            "petsets": lambda: self.custom.patch_namespaced_custom_object(
+                shapes.PETSET_GROUP, shapes.PETSET_VERSION, BARRIER_NS, shapes.PETSET_PLURAL, BARRIER, stamp
+            ),
+            "mssqlservers": lambda: self.custom.patch_namespaced_custom_object(
+                shapes.GROUP, shapes.VERSION, BARRIER_NS, shapes.PLURAL, BARRIER, stamp
+            ),
+        }
+        for watcher in self._watchers:
+            written = writes[watcher.name.removeprefix("watch-")]()
+            meta = written["metadata"] if isinstance(written, dict) else written.metadata
+            version = int(meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version)
+            if not watcher.wait_handled(version, WAIT_TIMEOUT_S):
+                raise TimeoutError(f"{watcher.name} did not catch up with resourceVersion {version}")
+
+    def _create_barriers(self) -> None:
+        self.ensure_namespace(BARRIER_NS)
+        meta = {"name": BARRIER}
+        self.core.create_namespaced_pod(
+            BARRIER_NS, {"metadata": meta, "spec": {"containers": [{"name": "pause", "image": "pause"}]}}
+        )
+        self.core.create_namespaced_secret(BARRIER_NS, {"metadata": meta})
+        self.custom.create_namespaced_custom_object(
+            shapes.PETSET_GROUP,
+            shapes.PETSET_VERSION,
+            BARRIER_NS,
+            shapes.PETSET_PLURAL,
+            {
+                "apiVersion": f"{shapes.PETSET_GROUP}/{shapes.PETSET_VERSION}",
+                "kind": "PetSet",
+                "metadata": meta,
+                "spec": {"replicas": 0, "template": {"metadata": {}, "spec": {"containers": []}}},
+            },
+        )
+        self.custom.create_namespaced_custom_object(
+            shapes.GROUP,
+            shapes.VERSION,
+            BARRIER_NS,
+            shapes.PLURAL,
+            {
+                "apiVersion": f"{shapes.GROUP}/{shapes.VERSION}",
+                "kind": "MSSQLServer",
+                "metadata": meta,
+                "spec": {},
+            },
+        )
+
+    def coordination_leases(self, namespace: str) -> list[str]:
+        """Names of the Leases in a namespace (the rotation's lock is one)."""
+        leases = client.CoordinationV1Api(self.api).list_namespaced_lease(namespace).items
+        return [lease.metadata.name for lease in leases]
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = WAIT_TIMEOUT_S) -> None:
+        """Wait until ``predicate()`` holds; TimeoutError naming ``what`` otherwise."""
+        self._wait(predicate, what, timeout)
+
     @staticmethod
     def _wait(predicate: Any, what: str, timeout: float = WAIT_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout

@@ -2,7 +2,8 @@
 
 Authentication is a static token file (an admin in ``system:masters``) plus service-account tokens
 minted through the TokenRequest API; authorization is RBAC, so tests can run as a restricted identity.
-Nothing else of Kubernetes runs: the emulated controllers in ``sandbox.controllers`` play that part.
+Nothing else of Kubernetes runs: the emulated controllers in ``sandbox.kubelet`` and
+``sandbox.provisioner`` play that part.
 """
 
 from __future__ import annotations

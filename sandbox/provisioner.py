@@ -82,10 +82,16 @@ class Provisioner:
 
     def _reconcile(self, key: tuple[str, str]) -> None:
         with self._lock:
-            db = self._databases.get(key)
-        if db is None or is_paused(db):
-            return  # KubeDB leaves a paused database alone
+            if key not in self._databases:
+                return
         try:
+            # Decide on the object as it is now: events of other kinds arrive on other threads,
+            # and a cached copy could predate a pause.
+            db = self.custom.get_namespaced_custom_object(
+                shapes.GROUP, shapes.VERSION, *key[:1], shapes.PLURAL, key[1]
+            )
+            if is_paused(db):
+                return  # KubeDB leaves a paused database alone
             self._reconcile_phase(db)
             self._reconcile_petset_secret(db)
         except ApiException as exc:

@@ -31,6 +31,18 @@ class ResourceWatcher(threading.Thread):
         self._kwargs = list_kwargs
         self._stopping = threading.Event()
         self.synced = threading.Event()
+        self._handled = threading.Condition()
+        self._handled_version = 0  # resourceVersion of the last event the handler finished
+
+    def wait_handled(self, resource_version: int, timeout: float) -> bool:
+        """Block until every event up to ``resource_version`` has gone through the handler."""
+        with self._handled:
+            return self._handled.wait_for(lambda: self._handled_version >= resource_version, timeout)
+
+    def _mark_handled(self, resource_version: str) -> None:
+        with self._handled:
+            self._handled_version = max(self._handled_version, int(resource_version))
+            self._handled.notify_all()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -59,8 +71,10 @@ class ResourceWatcher(threading.Thread):
         body = json.loads(listing.data)
         for item in body.get("items", []):
             self._handler("ADDED", item)
+        version = str(body["metadata"]["resourceVersion"])
+        self._mark_handled(version)
         self.synced.set()
-        return str(body["metadata"]["resourceVersion"])
+        return version
 
     def _watch_once(self, resource_version: str) -> str:
         stream = watch.Watch().stream(
@@ -80,6 +94,7 @@ class ResourceWatcher(threading.Thread):
             if event["type"] == "BOOKMARK":
                 continue
             self._handler(event["type"], raw)
+            self._mark_handled(resource_version)
             if self._stopping.is_set():
                 break
         return resource_version

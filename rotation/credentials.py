@@ -1,0 +1,111 @@
+"""The auth secret as the rotation's durable record: reading it, and the pure transitions of its
+keys (stage, commit, roll back) in the style of AWS's version stages."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from kubernetes import client
+
+from rotation import constants as c
+from rotation.errors import InvalidRequest
+from rotation.kube import Kube, decode_secret_data, encode_secret_data
+from rotation.passwords import Password
+
+
+@dataclass(frozen=True)
+class Credentials:
+    secret: client.V1Secret  # as read, with its resourceVersion, for an optimistic update
+    username: str
+    current: Password
+    next: Password | None
+    previous: Password | None
+
+    @property
+    def name(self) -> str:
+        return str(self.secret.metadata.name)
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return dict(self.secret.metadata.annotations or {})
+
+    @property
+    def keys(self) -> set[str]:
+        return set((self.secret.data or {}).keys())
+
+
+def read_credentials(kube: Kube, secret_name: str, *, purpose: str) -> Credentials:
+    """The secret's credentials; ``InvalidRequest`` naming the secret when it is unusable."""
+    where = f"Secret {kube.namespace}/{secret_name} ({purpose})"
+    secret = kube.read_secret(secret_name)
+    if secret is None:
+        raise InvalidRequest(f"{where} does not exist: create it or fix the name")
+    if secret.type != c.SECRET_TYPE_BASIC_AUTH:
+        raise InvalidRequest(f"{where} has type {secret.type!r}; it must be {c.SECRET_TYPE_BASIC_AUTH}")
+    data = decode_secret_data(secret.data)
+    username = data.get(c.KEY_USERNAME, "")
+    if not username:
+        raise InvalidRequest(f"{where} has no {c.KEY_USERNAME!r} key: add the database username")
+    if not data.get(c.KEY_PASSWORD):
+        raise InvalidRequest(f"{where} has no {c.KEY_PASSWORD!r} key: add the password")
+
+    def optional(key: str) -> Password | None:
+        return Password(data[key]) if data.get(key) else None
+
+    return Credentials(
+        secret=secret,
+        username=username,
+        current=Password(data[c.KEY_PASSWORD]),
+        next=optional(c.KEY_PASSWORD_NEXT),
+        previous=optional(c.KEY_PASSWORD_PREV),
+    )
+
+
+def _with_data(secret: client.V1Secret, data: dict[str, str], annotations: dict[str, str]) -> client.V1Secret:
+    """A copy of ``secret`` (same resourceVersion) with new data and annotations."""
+    updated = copy.deepcopy(secret)
+    updated.data = encode_secret_data(data)
+    updated.metadata.annotations = annotations or None
+    return updated
+
+
+def staged(creds: Credentials, new: Password) -> client.V1Secret:
+    """The secret with ``username.next``/``password.next`` holding the new password."""
+    data = decode_secret_data(creds.secret.data)
+    data[c.KEY_USERNAME_NEXT] = creds.username
+    data[c.KEY_PASSWORD_NEXT] = new.reveal()
+    return _with_data(creds.secret, data, creds.annotations)
+
+
+def unstaged(creds: Credentials) -> client.V1Secret:
+    """The secret without the ``.next`` keys (rollback, or cleanup after a switch of secret)."""
+    data = decode_secret_data(creds.secret.data)
+    data.pop(c.KEY_USERNAME_NEXT, None)
+    data.pop(c.KEY_PASSWORD_NEXT, None)
+    return _with_data(creds.secret, data, creds.annotations)
+
+
+def committed(
+    creds: Credentials, *, new: Password, old: Password, active_from: str, previous_secret: str
+) -> client.V1Secret:
+    """``.prev`` ← old, ``password`` ← new, no ``.next``; marked as waiting for the pod restarts."""
+    data = decode_secret_data(creds.secret.data)
+    data.pop(c.KEY_USERNAME_NEXT, None)
+    data.pop(c.KEY_PASSWORD_NEXT, None)
+    data[c.KEY_USERNAME_PREV] = creds.username
+    data[c.KEY_PASSWORD_PREV] = old.reveal()
+    data[c.KEY_USERNAME] = creds.username
+    data[c.KEY_PASSWORD] = new.reveal()
+    annotations = {
+        **creds.annotations,
+        c.ANNOTATION_ACTIVE_FROM: active_from,
+        c.ANNOTATION_RESTART_PENDING: previous_secret,
+    }
+    return _with_data(creds.secret, data, annotations)
+
+
+def finished(creds: Credentials) -> client.V1Secret:
+    annotations = creds.annotations
+    annotations.pop(c.ANNOTATION_RESTART_PENDING, None)
+    return _with_data(creds.secret, decode_secret_data(creds.secret.data), annotations)

@@ -1,0 +1,350 @@
+"""The only module that talks to the Kubernetes API (official ``kubernetes`` client).
+
+Thin verbs over the API, each turning ``ApiException`` and connection errors into the project's
+errors: 409/429/5xx and dropped connections are transient; 401/403 name the missing permission;
+other 4xx are permanent. Callers get plain dicts or client models; no secret value is ever logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import functools
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import urllib3
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from rotation import constants as c
+from rotation.errors import InvalidRequest, PermanentError, TransientError
+
+REQUEST_TIMEOUT: Final = (5, 30)  # (connect, read) seconds for every call
+TRANSIENT_STATUS: Final = {409, 429, 500, 502, 503, 504}
+Json = dict[str, Any]
+
+
+def _api_error(exc: ApiException, action: str) -> Exception:
+    reason = exc.reason or "error"
+    if exc.status in (401, 403):
+        return PermanentError(
+            f"the Kubernetes API refused to {action} ({exc.status} {reason}); the identity running the "
+            "rotation needs the permissions in deployments/rbac.yaml"
+        )
+    if exc.status in TRANSIENT_STATUS:
+        return TransientError(f"the Kubernetes API could not {action} just now ({exc.status} {reason})")
+    return PermanentError(f"the Kubernetes API refused to {action} ({exc.status} {reason})")
+
+
+def call(
+    action: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    answers: dict[int, Any] | None = None,
+    not_found: Callable[[], Exception] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Call one API verb with a timeout and translate its errors.
+
+    ``answers`` maps HTTP statuses that are an answer, not an error, to the value to return
+    (a 404 on a read: None); ``not_found`` builds the error to raise for a 404.
+    """
+    try:
+        return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+    except ApiException as exc:
+        if answers and exc.status in answers:
+            return answers[exc.status]
+        if exc.status == 404 and not_found is not None:
+            raise not_found() from None
+        raise _api_error(exc, action) from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TransientError(
+            f"the Kubernetes API could not be reached to {action}: {type(exc).__name__}"
+        ) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _api_client(kubeconfig: str | None) -> client.ApiClient:
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and kubeconfig is None:
+            config.load_incluster_config()
+            return client.ApiClient()
+        return config.new_client_from_config(config_file=kubeconfig)
+    except (ConfigException, OSError) as exc:
+        raise PermanentError(
+            "no Kubernetes cluster configured: run in a pod with a service account, or set KUBECONFIG "
+            f"(or ~/.kube/config) ({exc})"
+        ) from None
+
+
+def api_client() -> client.ApiClient:
+    """The standard discovery: in-cluster config, else ``KUBECONFIG``, else ``~/.kube/config``."""
+    return _api_client(os.environ.get("KUBECONFIG"))
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def decode_secret_data(data: dict[str, str] | None) -> dict[str, str]:
+    return {key: base64.b64decode(value).decode("utf-8") for key, value in (data or {}).items()}
+
+
+def encode_secret_data(data: dict[str, str]) -> dict[str, str]:
+    return {key: base64.b64encode(value.encode("utf-8")).decode("ascii") for key, value in data.items()}
+
+
+class Kube:
+    """Verbs on the objects a rotation touches, in one namespace."""
+
+    def __init__(self, namespace: str, api: client.ApiClient | None = None) -> None:
+        self.namespace = namespace
+        api = api or api_client()
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.coordination = client.CoordinationV1Api(api)
+
+    def _where(self, kind: str, name: str) -> str:
+        return f"{kind} {self.namespace}/{name}"
+
+    # -- MSSQLServer -------------------------------------------------------------------------
+    def get_database(self, name: str) -> Json:
+        return call(  # type: ignore[no-any-return]
+            f"read {self._where('MSSQLServer', name)}",
+            self.custom.get_namespaced_custom_object,
+            c.DB_GROUP,
+            c.DB_VERSION,
+            self.namespace,
+            c.DB_PLURAL,
+            name,
+            not_found=lambda: InvalidRequest(
+                f"{self._where('MSSQLServer', name)} does not exist: check the namespace and database names"
+            ),
+        )
+
+    def patch_database_status(self, name: str, status: Json, resource_version: str) -> Json:
+        """Merge-patch the status subresource; a stale ``resource_version`` is a transient 409."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        return call(  # type: ignore[no-any-return]
+            f"update the status of {self._where('MSSQLServer', name)}",
+            self.custom.patch_namespaced_custom_object_status,
+            c.DB_GROUP,
+            c.DB_VERSION,
+            self.namespace,
+            c.DB_PLURAL,
+            name,
+            body,
+        )
+
+    def patch_database_auth_secret(self, name: str, auth_secret: Json) -> Json:
+        return call(  # type: ignore[no-any-return]
+            f"update spec.authSecret of {self._where('MSSQLServer', name)}",
+            self.custom.patch_namespaced_custom_object,
+            c.DB_GROUP,
+            c.DB_VERSION,
+            self.namespace,
+            c.DB_PLURAL,
+            name,
+            {"spec": {"authSecret": auth_secret}},
+        )
+
+    # -- PetSet ------------------------------------------------------------------------------
+    def get_petset(self, name: str) -> Json:
+        return call(  # type: ignore[no-any-return]
+            f"read {self._where('PetSet', name)}",
+            self.custom.get_namespaced_custom_object,
+            c.PETSET_GROUP,
+            c.PETSET_VERSION,
+            self.namespace,
+            c.PETSET_PLURAL,
+            name,
+            not_found=lambda: InvalidRequest(f"{self._where('PetSet', name)} of the database does not exist"),
+        )
+
+    def replace_petset(self, petset: Json) -> Json:
+        name = petset["metadata"]["name"]
+        return call(  # type: ignore[no-any-return]
+            f"update {self._where('PetSet', name)}",
+            self.custom.replace_namespaced_custom_object,
+            c.PETSET_GROUP,
+            c.PETSET_VERSION,
+            self.namespace,
+            c.PETSET_PLURAL,
+            name,
+            petset,
+        )
+
+    # -- Secrets -----------------------------------------------------------------------------
+    def read_secret(self, name: str) -> client.V1Secret | None:
+        return call(
+            f"read {self._where('Secret', name)}",
+            self.core.read_namespaced_secret,
+            name,
+            self.namespace,
+            answers={404: None},
+        )
+
+    def replace_secret(self, secret: client.V1Secret) -> client.V1Secret:
+        """Replace with the read resourceVersion: a concurrent writer makes this a transient 409."""
+        name = secret.metadata.name
+        return call(
+            f"update {self._where('Secret', name)}",
+            self.core.replace_namespaced_secret,
+            name,
+            self.namespace,
+            secret,
+        )
+
+    # -- Pods --------------------------------------------------------------------------------
+    def list_database_pods(self, database: str) -> list[client.V1Pod]:
+        selector = f"{c.LABEL_NAME}={c.MSSQL_RESOURCE_NAME},{c.LABEL_INSTANCE}={database}"
+        pods = call(
+            f"list the pods of {self._where('MSSQLServer', database)}",
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=selector,
+        ).items
+        return sorted(pods, key=lambda pod: pod.metadata.name)
+
+    def read_pod(self, name: str) -> client.V1Pod | None:
+        return call(
+            f"read {self._where('Pod', name)}",
+            self.core.read_namespaced_pod,
+            name,
+            self.namespace,
+            answers={404: None},
+        )
+
+    def evict_pod(self, name: str) -> bool:
+        """Ask for an eviction. False when it is refused for now (429: a disruption budget)."""
+        # No apiVersion in the body: a 1.20 API server refuses policy/v1 with 400.
+        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=self.namespace))
+        result = call(
+            f"evict {self._where('Pod', name)}",
+            self.core.create_namespaced_pod_eviction,
+            name,
+            self.namespace,
+            body,
+            answers={404: True, 429: False},  # 404: already gone, the restart is under way
+        )
+        return result is not False
+
+    def delete_pod(self, name: str, uid: str) -> None:
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
+        call(
+            f"delete {self._where('Pod', name)}",
+            self.core.delete_namespaced_pod,
+            name,
+            self.namespace,
+            body=body,
+            answers={404: None, 409: None},
+        )  # gone, or already replaced by a new pod
+
+    def wait_for_pod(
+        self, name: str, done: Callable[[client.V1Pod | None], bool], deadline: float
+    ) -> client.V1Pod:
+        """Watch one pod until ``done(pod)`` holds; raises TimeoutError at ``deadline`` (monotonic)."""
+        while True:
+            pod = self.read_pod(name)
+            if pod is not None and done(pod):
+                return pod
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(name)
+            window = max(1, int(min(remaining, 30)))
+            stream = watch.Watch().stream(
+                self.core.list_namespaced_pod,
+                self.namespace,
+                field_selector=f"metadata.name={name}",
+                resource_version=pod.metadata.resource_version if pod is not None else None,
+                timeout_seconds=window,
+                _request_timeout=(REQUEST_TIMEOUT[0], window + 5),
+            )
+            try:
+                for event in stream:
+                    if event["type"] in ("ERROR", "BOOKMARK"):
+                        break  # e.g. 410 Gone: re-read and watch again
+                    candidate = None if event["type"] == "DELETED" else event["object"]
+                    if candidate is not None and done(candidate):
+                        return candidate
+                    if time.monotonic() >= deadline:
+                        break
+            except (ApiException, urllib3.exceptions.HTTPError, OSError):
+                continue  # a dropped watch: re-read and watch again
+
+    # -- Events ------------------------------------------------------------------------------
+    def record_event(self, database: Json, reason: str, message: str, *, warning: bool = False) -> None:
+        """A core/v1 Event on the MSSQLServer, as KubeDB's ops-manager records them."""
+        now = now_rfc3339()
+        meta = database["metadata"]
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": f"{c.DB_GROUP}/{c.DB_VERSION}",
+                "kind": c.DB_KIND,
+                "name": meta["name"],
+                "namespace": self.namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": c.EVENT_SOURCE},
+            "reportingComponent": c.EVENT_SOURCE,
+            "reportingInstance": os.environ.get("HOSTNAME", "local"),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        call(
+            f"record an Event on {self._where('MSSQLServer', meta['name'])}",
+            self.core.create_namespaced_event,
+            self.namespace,
+            event,
+        )
+
+    # -- Lease (the rotation lock) -----------------------------------------------------------
+    def read_lease(self, name: str) -> client.V1Lease | None:
+        return call(
+            f"read {self._where('Lease', name)}",
+            self.coordination.read_namespaced_lease,
+            name,
+            self.namespace,
+            answers={404: None},
+        )
+
+    def create_lease(self, lease: client.V1Lease) -> client.V1Lease | None:
+        """None when somebody else created it first (409)."""
+        return call(
+            f"create {self._where('Lease', lease.metadata.name)}",
+            self.coordination.create_namespaced_lease,
+            self.namespace,
+            lease,
+            answers={409: None},
+        )
+
+    def replace_lease(self, lease: client.V1Lease) -> client.V1Lease | None:
+        """None when the lease changed or vanished since it was read: somebody else won."""
+        return call(
+            f"update {self._where('Lease', lease.metadata.name)}",
+            self.coordination.replace_namespaced_lease,
+            lease.metadata.name,
+            self.namespace,
+            lease,
+            answers={404: None, 409: None},
+        )
+
+    def delete_lease(self, name: str, resource_version: str) -> None:
+        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=resource_version))
+        call(
+            f"delete {self._where('Lease', name)}",
+            self.coordination.delete_namespaced_lease,
+            name,
+            self.namespace,
+            body=body,
+            answers={404: None, 409: None},
+        )

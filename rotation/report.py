@@ -1,0 +1,93 @@
+"""KubeDB-style condition bookkeeping for one rotation, and its markdown summary. Pure logic."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+
+from rotation.errors import RotationError
+
+
+def _cell(text: str) -> str:
+    """Text safe inside one markdown table cell."""
+    return " ".join(text.replace("\\", "\\\\").replace("|", "\\|").split())
+
+
+class Condition(BaseModel):
+    type: str
+    status: str  # True, False
+    message: str
+    started_at: datetime
+    seconds: float
+
+
+class RotationReport(BaseModel):
+    namespace: str
+    database: str
+    outcome: str  # Successful or Failed
+    auth_secret: str | None
+    conditions: list[Condition]
+
+    def markdown(self) -> str:
+        lines = [
+            f"# RotateAuth {self.namespace}/{self.database}: {self.outcome}",
+            "",
+            f"Auth secret: `{self.auth_secret or 'unchanged'}`",
+            "",
+            "| # | Condition | Status | Seconds | Message |",
+            "|---|---|---|---:|---|",
+        ]
+        for number, cond in enumerate(self.conditions, start=1):
+            cells = (cond.type, cond.status, f"{cond.seconds:.2f}", cond.message)
+            lines.append(f"| {number} | " + " | ".join(_cell(cell) for cell in cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+class ConditionLog:
+    """Records KubeDB's conditions in order with their timings, like an ops request's status."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.conditions: list[Condition] = []
+
+    def add(self, type_: str, message: str, *, status: str = "True", seconds: float = 0.0) -> None:
+        self.conditions.append(
+            Condition(
+                type=type_, status=status, message=message, started_at=datetime.now(UTC), seconds=seconds
+            )
+        )
+
+    @contextlib.contextmanager
+    def step(self, type_: str, message: str) -> Iterator[None]:
+        """Time the block; on failure record the condition as False with the error's message."""
+        started_at, start = datetime.now(UTC), self._clock()
+        try:
+            yield
+        except BaseException as exc:
+            failure = str(exc) if isinstance(exc, RotationError) else f"{type(exc).__name__}: {exc}"
+            self.conditions.append(
+                Condition(
+                    type=type_,
+                    status="False",
+                    message=failure,
+                    started_at=started_at,
+                    seconds=self._clock() - start,
+                )
+            )
+            raise
+        self.conditions.append(
+            Condition(
+                type=type_,
+                status="True",
+                message=message,
+                started_at=started_at,
+                seconds=self._clock() - start,
+            )
+        )
+
+    def types(self) -> list[str]:
+        return [cond.type for cond in self.conditions]

@@ -1,0 +1,166 @@
+"""The only module that talks to SQL Server (through pymssql, over TDS).
+
+It turns pymssql's errors into the project's own: a rejected login is an answer (``False``), not an
+error; connectivity problems are ``TransientError``; refusals of ALTER LOGIN are ``PermanentError``.
+pymssql keeps the last server message of the process and may report a stale error number on a failed
+connect, so failures are classified from the message text first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Any, Final
+
+import pymssql
+
+from rotation.errors import PermanentError, TransientError
+from rotation.passwords import Password
+from rotation.plan import Endpoint
+from rotation.tsql import alter_login_password
+
+LOGIN_TIMEOUT_S: Final = 5
+QUERY_TIMEOUT_S: Final = 15
+LOGIN_REJECTED: Final = "Login failed for user"
+# FreeTDS's text when no TCP connection could be made; it may follow a stale "Login failed".
+UNREACHABLE: Final = "Unable to connect"
+# pymssql repeats the server's own text only for the first failure of a process; later ones carry
+# just FreeTDS's line with the server error's class. Class 14 at login is a security refusal (18456).
+LOGIN_REFUSED_BY_SERVER = re.compile(r"DB-Lib error message 20018, severity 14\b")
+# Availability/connection trouble: worth another try.
+TRANSIENT_MARKERS: Final = (
+    "Unable to connect",
+    "is not currently available",
+    "connection failed",
+    "DBPROCESS is dead",
+    "Unexpected EOF",
+    "timed out",
+    "Connection refused",
+    "Write to the server failed",
+    "Read from the server failed",
+)
+POLICY_ERRORS: Final = {
+    15116: "it is too short for the server's password policy",
+    15118: "it is not complex enough for the server's password policy",
+    15156: "it is too long for the server's password policy",
+}
+CANNOT_ALTER: Final = 15151
+
+
+def _error_text(exc: BaseException) -> tuple[int | None, str]:
+    """(number, first meaningful line) from pymssql's several argument shapes."""
+    args: Any = exc.args
+    if args and isinstance(args[0], tuple):
+        args = args[0]
+    number = args[0] if len(args) >= 2 and isinstance(args[0], int) else None
+    raw = args[1] if number is not None else (args[0] if args else "")
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return number, text
+
+
+def _summary(text: str) -> str:
+    """The server's own sentence if it is there, else FreeTDS's first explanation."""
+    first = text.split("DB-Lib error message")[0].strip()
+    if first and not first.endswith(("b'", 'b"')):
+        return first
+    # A commit failure arrives as one string holding a bytes repr, with escaped newlines:
+    # "Cannot commit transaction: (20017, b'DB-Lib error message ...\\nUnexpected EOF ...\\n')".
+    lead = first.rsplit("(", 1)[0].strip(" :")
+    lines = [line.strip(" '\"\\") for line in text.replace("\\n", "\n").splitlines()]
+    explanations = [line for line in lines if line.strip(")") and "DB-Lib error message" not in line]
+    cause = "; ".join(explanations[:2]) or "no message"
+    return f"{lead}: {cause}" if lead else cause
+
+
+def _transient(endpoint: Endpoint, action: str, text: str) -> TransientError:
+    return TransientError(f"SQL Server on {endpoint} could not {action}: {_summary(text)}")
+
+
+@contextlib.contextmanager
+def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[Any]:
+    """A connection, or ``PermissionError`` when the server rejects these credentials."""
+    try:
+        conn = pymssql.connect(
+            server=endpoint.host,
+            port=str(endpoint.port),
+            user=username,
+            password=password.reveal(),
+            database="master",
+            login_timeout=LOGIN_TIMEOUT_S,
+            timeout=QUERY_TIMEOUT_S,
+            autocommit=False,
+            appname="mssql-auth-rotation",
+        )
+    except pymssql.Error as exc:
+        _, text = _error_text(exc)
+        if UNREACHABLE not in text and (LOGIN_REJECTED in text or LOGIN_REFUSED_BY_SERVER.search(text)):
+            raise PermissionError(f"login as {username!r} rejected by {endpoint}") from None
+        raise _transient(endpoint, "be reached", text) from None
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(pymssql.Error):
+            conn.close()
+
+
+def accepts(endpoint: Endpoint, username: str, password: Password) -> bool:
+    """Whether the replica lets ``username`` log in with ``password`` (18456 → False)."""
+    try:
+        with _connect(endpoint, username, password):
+            return True
+    except PermissionError:
+        return False
+
+
+def login_name(endpoint: Endpoint, username: str, password: Password) -> str | None:
+    """``SUSER_SNAME()`` of a session opened with these credentials, or None if they are rejected."""
+    try:
+        with _connect(endpoint, username, password) as conn:
+            cursor = conn.cursor()
+            try:
+                cursor.execute("SELECT SUSER_SNAME()")
+                row = cursor.fetchone()
+            except pymssql.Error as exc:
+                raise _transient(endpoint, "answer SUSER_SNAME()", _error_text(exc)[1]) from None
+            return str(row[0]) if row else None
+    except PermissionError:
+        return None
+
+
+def change_password(endpoint: Endpoint, username: str, *, new: Password, old: Password) -> None:
+    """``ALTER LOGIN ... OLD_PASSWORD`` as ``username`` logged in with ``old``, committed.
+
+    A dropped connection leaves it unknown whether the change committed: that is a
+    ``TransientError``, and the caller's retry finds out by logging in again.
+    """
+    try:
+        with _connect(endpoint, username, old) as conn:
+            try:
+                conn.cursor().execute(alter_login_password(username, new, old))
+                conn.commit()
+            except pymssql.Error as exc:
+                raise _alter_error(endpoint, username, exc) from None
+    except PermissionError:
+        raise PermanentError(
+            f"the current password of {username!r} no longer logs in to {endpoint}; "
+            "it was changed outside this rotation"
+        ) from None
+
+
+def _alter_error(endpoint: Endpoint, username: str, exc: BaseException) -> Exception:
+    number, text = _error_text(exc)
+    if number in POLICY_ERRORS:
+        return PermanentError(
+            f"{endpoint} refused the new password for {username!r}: {POLICY_ERRORS[number]}"
+        )
+    if number == CANNOT_ALTER:
+        return PermanentError(
+            f"{endpoint} refused to change the password of {username!r} (error 15151: the login does not "
+            "exist, lacks permission, or the old password did not match)"
+        )
+    if any(marker in text for marker in TRANSIENT_MARKERS):
+        return _transient(endpoint, "confirm the password change", text)
+    return PermanentError(
+        f"{endpoint} refused ALTER LOGIN for {username!r}: error {number}: {_summary(text)}"
+    )

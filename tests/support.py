@@ -1,0 +1,60 @@
+"""Small observations tests make of the sandbox, through the real clients only."""
+
+from __future__ import annotations
+
+import base64
+
+import pymssql
+from kubernetes import client
+
+from sandbox.cluster import Database
+from sandbox.timeline import Entry
+
+# What KubeDB would have to be paused for: writes to secrets and pod terminations.
+MUTATIONS = ("secret-written", "pod-terminating", "pod-deleted")
+
+
+def logs_in(db: Database, pod: str, password: str) -> bool:
+    """A real pymssql login over TCP to the pod's SQL Server."""
+    try:
+        pymssql.connect(server=db.ip(pod), port="1433", user="sa", password=password, login_timeout=5).close()
+        return True
+    except pymssql.OperationalError:
+        return False
+
+
+def is_paused(db: Database) -> bool:
+    return any(c.get("type") == "Paused" for c in (db.get().get("status") or {}).get("conditions") or [])
+
+
+def mutations(db: Database) -> list[Entry]:
+    return [e for e in db.timeline() if e.kind in MUTATIONS]
+
+
+def terminated_pods(db: Database) -> list[str]:
+    return [e.name for e in db.timeline() if e.kind == "pod-terminating"]
+
+
+def event_reasons(db: Database) -> list[str]:
+    core = db.sandbox.core
+    items = core.list_namespaced_event(db.namespace).items
+    # Timestamps have second resolution; resourceVersions order the creations exactly.
+    return [e.reason for e in sorted(items, key=lambda e: int(e.metadata.resource_version))]
+
+
+def event_messages(db: Database) -> list[str]:
+    return [e.message for e in db.sandbox.core.list_namespaced_event(db.namespace).items]
+
+
+def create_basic_auth_secret(db: Database, name: str, username: str, password: str) -> None:
+    db.sandbox.core.create_namespaced_secret(
+        db.namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name),
+            type="kubernetes.io/basic-auth",
+            data={
+                "username": base64.b64encode(username.encode()).decode(),
+                "password": base64.b64encode(password.encode()).decode(),
+            },
+        ),
+    )

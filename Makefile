@@ -1,0 +1,36 @@
+# The README's commands. Each one runs scripts/setup.sh first, which installs what is missing
+# (system packages, .venv, the sandbox's control plane) and leaves a good state alone.
+SHELL := /bin/bash
+PY := .venv/bin/python
+# Keep Prefect from reaching for the network (this project's machines have none).
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup demo test lint unit sandbox benchmark
+
+setup:
+	@bash scripts/setup.sh
+
+## The main job: rotate a 3-replica sandbox database with Prefect's embedded local API.
+demo: setup
+	$(PY) scripts/demo.py
+
+## The whole check, as CI runs it: lint, types, then every test.
+test: setup lint
+	$(PY) -m pytest
+
+lint:
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy .
+
+## Fast unit tests only (no sandbox).
+unit: setup
+	$(PY) -m pytest tests/unit
+
+## A sandbox that stays up until Ctrl-C, for kubectl and the Prefect UI.
+sandbox: setup
+	$(PY) -m sandbox up
+
+benchmark: setup
+	$(PY) benchmarks/rotation_overhead.py

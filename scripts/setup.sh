@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-time set-up, safe to run again: system packages, the virtualenv, and the sandbox's control
+# plane (kube-apiserver + etcd, built once from Debian's packages and cached in
+# ~/.cache/mssql-auth-rotation). Every README command runs this first; a good state is left alone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+say() { printf '[setup] %s\n' "$*"; }
+
+# dpkg-dev unpacks Debian's kubernetes source package; kubernetes-client is kubectl 1.20, which
+# matches the sandbox's API server. Only installed when missing.
+need=()
+command -v dpkg-source > /dev/null || need+=(dpkg-dev)
+command -v kubectl > /dev/null || need+=(kubernetes-client)
+command -v python3 > /dev/null || need+=(python3 python3-venv)
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "[setup] missing system packages: ${need[*]}; install them (sudo apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  say "installing system packages: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" > /dev/null
+fi
+
+stamp=.venv/.installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
+  say "creating the virtualenv in .venv and installing the project (pinned by requirements.lock)"
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip 2> /dev/null
+  .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -c "import prefect, kubernetes, pymssql" # fail here, not later, if the install failed
+  touch "$stamp"
+fi
+
+.venv/bin/python -c "from sandbox.binaries import ensure_binaries; print('[setup] control plane binaries:', ensure_binaries())"

@@ -23,15 +23,19 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Quiet console: the numbers are what this prints.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from flows.rotate_auth import rotate_mssql_auth  # noqa: E402
-from sandbox.cluster import Sandbox, Settings  # noqa: E402
+from flows.rotate_auth import rotate_mssql_auth
+from sandbox.cluster import Sandbox, Settings
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument("--stop-delay", type=float, default=0.5, help="seconds from eviction to container stop")
+    parser.add_argument(
+        "--stop-delay", type=float, default=0.5, help="seconds from eviction to container stop"
+    )
     parser.add_argument("--start-delay", type=float, default=1.0, help="seconds from removal to recreation")
     args = parser.parse_args()
 
@@ -54,8 +58,8 @@ def main() -> None:
             print(f"run {run + 1}: wall {walls[-1]:.2f} s, overhead {walls[-1] - floor:.2f} s")
 
     print(
-        f"\n{args.replicas} replicas, pod stop {args.stop_delay:.2f} s + start {args.start_delay:.2f} s each: "
-        f"floor {floor:.2f} s\n"
+        f"\n{args.replicas} replicas, pod stop {args.stop_delay:.2f} s + start "
+        f"{args.start_delay:.2f} s each: floor {floor:.2f} s\n"
         f"wall     min {min(walls):.2f}  median {statistics.median(walls):.2f}  max {max(walls):.2f} s\n"
         f"overhead min {min(walls) - floor:.2f}  median {statistics.median(walls) - floor:.2f}  "
         f"max {max(walls) - floor:.2f} s per database (target: at most 1.5 s)"

@@ -27,7 +27,10 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]
   say "creating the virtualenv in .venv and installing the project (pinned by requirements.lock)"
   [[ -x .venv/bin/python ]] || python3 -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip 2> /dev/null
-  .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+  if ! .venv/bin/python -m pip install -q -c requirements.lock -e ".[dev]" > .venv/pip-install.log 2>&1; then
+    cat .venv/pip-install.log >&2
+    exit 1
+  fi
   .venv/bin/python -c "import prefect, kubernetes, pymssql" # fail here, not later, if the install failed
   touch "$stamp"
 fi

@@ -7,9 +7,11 @@ this file only composes them and keeps KubeDB's condition list for the report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -29,7 +31,7 @@ from rotation.report import ConditionLog, RotationReport
 from tasks.check import check_rotation
 from tasks.commit import commit_secret, update_petsets
 from tasks.inspect import inspect_database
-from tasks.lock import acquire_lock, release_lock
+from tasks.lock import LockKeeper, acquire_lock, lease_seconds, release_lock
 from tasks.pause import pause_database, resume_database
 from tasks.report import publish_report, record_failure
 from tasks.restart import evict_pod, wait_pod_ready
@@ -37,8 +39,6 @@ from tasks.rollback import roll_back_password
 from tasks.set_password import set_password_on_replicas
 from tasks.stage import stage_new_password
 from tasks.verify import verify_logins
-
-FIXED_STEPS = 6  # inspect, pause, credentials, petsets, final check, resume: each bounded by timeout
 
 
 @flow(
@@ -54,6 +54,19 @@ def rotate_mssql_auth(
     timeout: Timeout = "5m",
     apply: Apply = ApplyPolicy.IF_READY,
 ) -> RotationReport:
+    """Rotate the sa credentials of one KubeDB MSSQLServer.
+
+    Prefect shows these descriptions in the deployment's form (it reads them from this docstring).
+
+    Args:
+        namespace: Kubernetes namespace of the MSSQLServer (the ops request's namespace).
+        database: Name of the MSSQLServer object whose credentials are rotated (spec.databaseRef.name).
+        auth_secret: Optional name of a kubernetes.io/basic-auth Secret in the same namespace holding the
+            new password (spec.authentication.secretRef.name). Leave empty to generate a strong random
+            password. Its username must be the database's current username. Never type a password here.
+        timeout: How long each step may take, as a duration such as 90s, 5m or 1h30m (spec.timeout).
+        apply: IfReady refuses unless the database is Ready; Always rotates whatever its phase (spec.apply).
+    """
     request = RotationRequest(
         namespace=namespace, database=database, auth_secret=auth_secret, timeout=timeout, apply=apply
     )
@@ -63,44 +76,66 @@ def rotate_mssql_auth(
     try:
         with conditions.step("RotateAuth", "Started the rotation of the database's credentials"):
             target = inspect_database(request, _sql_port(), holder)
-        acquire_lock(target, holder, _lease_seconds(target))
+        acquire_lock(target, holder, lease_seconds())
         try:
-            secret_in_use = _rotate(target, request, conditions, holder)
+            with LockKeeper(target, holder, lease_seconds()) as keeper:
+                secret_in_use = _rotate(target, request.auth_secret, _checked(conditions, keeper), holder)
         finally:
             release_lock(target, holder)
     except Exception as exc:
         conditions.add("Failed", str(exc))
         _report(request, conditions, "Failed", secret_in_use, failure=str(exc))
         raise
-    conditions.add("Successful", "Successfully rotated the credentials")
+    conditions.add("Successful", _success_message(target))
     return _report(request, conditions, "Successful", secret_in_use)
 
 
-def _rotate(target: Target, request: RotationRequest, conditions: ConditionLog, holder: str) -> str:
-    with conditions.step("DatabasePauseSucceeded", "Successfully paused database"):
+def _rotate(target: Target, user_secret: str | None, step: Step, holder: str) -> str:
+    with step("DatabasePauseSucceeded", "Successfully paused database"):
         pause_database(target, holder)
     try:
-        with conditions.step(
-            "UpdateCredential", "Updated the credentials on every replica and in the secret"
-        ):
-            secret_in_use = _update_credentials(target, request.auth_secret)
-        with conditions.step("UpdatePetSets", "Successfully updated the PetSets"):
+        if target.stage is Stage.RESUME_ONLY:
+            return target.auth_secret  # the interrupted run had finished all but resuming
+        with step("UpdateCredential", "Updated the credentials on every replica and in the secret"):
+            secret_in_use = _update_credentials(target, user_secret, holder)
+        with step("UpdatePetSets", "Successfully updated the PetSets"):
             update_petsets(target, secret_in_use)
         for replica in restart_order(target.replicas):
-            with conditions.step(f"EvictPod--{replica.pod}", f"Evicted pod {replica.pod}"):
+            with step(f"EvictPod--{replica.pod}", f"Evicted pod {replica.pod}"):
                 evict_pod(target, replica)
-            with conditions.step(
-                f"CheckPodReady--{replica.pod}", f"Pod {replica.pod} is Ready with the new password"
-            ):
+            with step(f"CheckPodReady--{replica.pod}", f"Pod {replica.pod} is Ready with the new password"):
                 wait_pod_ready(target, replica)
-        with conditions.step("RestartNodes", "Successfully restarted all nodes"):
+        with step("RestartNodes", "Successfully restarted all nodes"):
             check_rotation(target, secret_in_use)
     finally:
         resume_database(target)
     return secret_in_use
 
 
-def _update_credentials(target: Target, user_secret: str | None) -> str:
+Step = Callable[[str, str], AbstractContextManager[None]]
+
+
+def _checked(conditions: ConditionLog, keeper: LockKeeper) -> Step:
+    """A KubeDB condition around each step, which first makes sure this run still holds the lock."""
+
+    @contextlib.contextmanager
+    def step(type_: str, message: str) -> Iterator[None]:
+        with conditions.step(type_, message):
+            keeper.check()
+            yield
+
+    return step
+
+
+def _success_message(target: Target) -> str:
+    if target.stage is Stage.RESUME_ONLY:
+        return f"Run {target.interrupted_run} had rotated the credentials but not resumed; resumed now"
+    if target.interrupted_run or target.stage is not Stage.IDLE:
+        return f"Finished the rotation interrupted in run {target.interrupted_run or '(unknown)'}"
+    return "Successfully rotated the credentials"
+
+
+def _update_credentials(target: Target, user_secret: str | None, holder: str) -> str:
     """Stage → Set → Verify (a failure of Set or Verify puts the old password back), then Commit."""
     if target.stage is Stage.COMMITTED:
         get_run_logger().info("%s: credentials already committed; finishing the restarts", target.ref)
@@ -112,7 +147,7 @@ def _update_credentials(target: Target, user_secret: str | None) -> str:
     except Exception:
         roll_back_password(target)
         raise
-    return commit_secret(target, source)
+    return commit_secret(target, source, holder)
 
 
 def _report(
@@ -146,12 +181,6 @@ def _holder_identity() -> str:
 
 def _sql_port() -> int:
     return int(os.environ.get(c.SQL_PORT_ENV, c.DEFAULT_SQL_PORT))
-
-
-def _lease_seconds(target: Target) -> int:
-    """Long enough for a run that uses its whole timeout on every step; a dead run's lock lapses after it."""
-    steps = FIXED_STEPS + 2 * len(target.replicas)
-    return int(target.timeout_seconds * steps) + 60
 
 
 if __name__ == "__main__":

@@ -35,6 +35,10 @@ ANNOTATION_ACTIVE_FROM: Final = "kubedb.com/auth-active-from"
 # removed after the last restart. A re-run that finds it finishes the restarts instead of rotating again.
 ANNOTATION_RESTART_PENDING: Final = "mssql-auth-rotation.kubedb.com/restart-pending"
 
+# Ours: the Prefect flow run (or local run) that committed the current credentials. Lets a re-run
+# tell "the interrupted run had finished, it only missed resuming" from "it had not started".
+ANNOTATION_ROTATED_BY: Final = "mssql-auth-rotation.kubedb.com/rotated-by"
+
 # Status condition that makes KubeDB's provisioner leave the database alone.
 CONDITION_PAUSED: Final = "Paused"
 PAUSE_REASON: Final = "Paused"

@@ -87,7 +87,7 @@ def unstaged(creds: Credentials) -> client.V1Secret:
 
 
 def committed(
-    creds: Credentials, *, new: Password, old: Password, active_from: str, previous_secret: str
+    creds: Credentials, *, new: Password, old: Password, active_from: str, previous_secret: str, holder: str
 ) -> client.V1Secret:
     """``.prev`` ← old, ``password`` ← new, no ``.next``; marked as waiting for the pod restarts."""
     data = decode_secret_data(creds.secret.data)
@@ -101,6 +101,7 @@ def committed(
         **creds.annotations,
         c.ANNOTATION_ACTIVE_FROM: active_from,
         c.ANNOTATION_RESTART_PENDING: previous_secret,
+        c.ANNOTATION_ROTATED_BY: holder,
     }
     return _with_data(creds.secret, data, annotations)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -16,6 +18,7 @@ class Stage(StrEnum):
     IDLE = "idle"  # no rotation under way
     STAGED = "staged"  # a new password is in username.next/password.next; replicas may have it
     COMMITTED = "committed"  # the secret holds the new password; pods still need their restart
+    RESUME_ONLY = "resume-only"  # an interrupted run had finished everything but resuming
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Target(BaseModel):
     stage: Stage
     sql_port: int
     timeout_seconds: float
+    interrupted_run: str | None = None  # a run of ours that died and left the database paused
 
     @property
     def ref(self) -> str:
@@ -72,12 +76,39 @@ def lock_name(database: str) -> str:
     return f"{database}-rotate-auth"
 
 
-def stage_of(keys: set[str], annotations: dict[str, str]) -> Stage:
+def stage_of(keys: set[str], annotations: dict[str, str], paused_by: str | None = None) -> Stage:
+    """Where the rotation stands; ``paused_by`` is the run that left the database paused, if any."""
     if c.ANNOTATION_RESTART_PENDING in annotations:
         return Stage.COMMITTED
     if c.KEY_PASSWORD_NEXT in keys:
         return Stage.STAGED
+    if paused_by is not None and annotations.get(c.ANNOTATION_ROTATED_BY) == paused_by:
+        return Stage.RESUME_ONLY
     return Stage.IDLE
+
+
+def pause_message(holder: str) -> str:
+    return f"{c.PAUSE_MESSAGE_PREFIX} (run {holder})"
+
+
+def is_our_pause(condition: dict[str, Any]) -> bool:
+    return condition.get("type") == c.CONDITION_PAUSED and str(condition.get("message", "")).startswith(
+        c.PAUSE_MESSAGE_PREFIX
+    )
+
+
+def active_pause(database: dict[str, Any]) -> dict[str, Any] | None:
+    """The MSSQLServer's Paused condition if it is True (whoever set it)."""
+    for condition in (database.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == c.CONDITION_PAUSED and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def pause_holder(condition: dict[str, Any]) -> str | None:
+    """The run named in one of our Paused conditions."""
+    match = re.search(r"\(run ([^)]+)\)$", str(condition.get("message", "")))
+    return match.group(1) if is_our_pause(condition) and match else None
 
 
 def role_of(labels: dict[str, str], replicas: int) -> str:

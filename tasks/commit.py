@@ -20,7 +20,7 @@ PURPOSE = "the database's auth secret"
 
 
 @task(name="commit-secret", **RETRYING)
-def commit_secret(target: Target, user_secret: str | None) -> str:
+def commit_secret(target: Target, user_secret: str | None, holder: str) -> str:
     """Returns the name of the secret that now holds the credentials."""
     if target.stage is Stage.COMMITTED:
         return target.auth_secret
@@ -28,11 +28,16 @@ def commit_secret(target: Target, user_secret: str | None) -> str:
     creds = read_credentials(kube, target.auth_secret, purpose=PURPOSE)
     if creds.next is None:  # committed by an earlier attempt of this task
         return user_secret or target.auth_secret
-    holder = creds if not user_secret else read_credentials(kube, user_secret, purpose="the new auth secret")
+    into = creds if not user_secret else read_credentials(kube, user_secret, purpose="the new auth secret")
     active_from = now_rfc3339()
     kube.replace_secret(
         committed(
-            holder, new=creds.next, old=creds.current, active_from=active_from, previous_secret=creds.name
+            into,
+            new=creds.next,
+            old=creds.current,
+            active_from=active_from,
+            previous_secret=creds.name,
+            holder=holder,
         )
     )
     if user_secret:
@@ -46,8 +51,8 @@ def commit_secret(target: Target, user_secret: str | None) -> str:
         if user_secret
         else "Successfully generated new credentials",
     )
-    get_run_logger().info("%s: credentials committed to Secret %s", target.ref, holder.name)
-    return holder.name
+    get_run_logger().info("%s: credentials committed to Secret %s", target.ref, into.name)
+    return into.name
 
 
 @task(name="update-petsets", **RETRYING)

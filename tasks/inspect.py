@@ -15,19 +15,19 @@ from rotation.errors import InvalidRequest
 from rotation.kube import Kube
 from rotation.params import ApplyPolicy, RotationRequest
 from rotation.passwords import policy_violation
-from rotation.plan import Replica, Stage, Target, role_of, stage_of
+from rotation.plan import (
+    Replica,
+    Stage,
+    Target,
+    active_pause,
+    is_our_pause,
+    pause_holder,
+    role_of,
+    stage_of,
+)
 from rotation.sqlserver import accepts
 from tasks._policy import RETRYING
 from tasks.lock import refuse_if_locked
-
-
-def _paused_by_someone_else(db: dict[str, Any]) -> str | None:
-    for cond in (db.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == c.CONDITION_PAUSED and cond.get("status") == "True":
-            message = str(cond.get("message", ""))
-            if not message.startswith(c.PAUSE_MESSAGE_PREFIX):
-                return message or str(cond.get("reason", "unknown"))
-    return None
 
 
 def _check_database(request: RotationRequest, db: dict[str, Any]) -> None:
@@ -41,8 +41,9 @@ def _check_database(request: RotationRequest, db: dict[str, Any]) -> None:
             f"{where} is {phase}, not Ready: wait until it is Ready, "
             "or run with apply=Always to rotate anyway"
         )
-    other = _paused_by_someone_else(db)
-    if other is not None:
+    pause = active_pause(db)
+    if pause is not None and not is_our_pause(pause):
+        other = pause.get("message") or pause.get("reason") or "no reason given"
         raise InvalidRequest(f"{where} is paused by another operation ({other}); wait until it is resumed")
 
 
@@ -105,7 +106,9 @@ def inspect_database(request: RotationRequest, sql_port: int, holder: str) -> Ta
     _check_database(request, db)
     secret_name = ((db.get("spec") or {}).get("authSecret") or {}).get("name") or f"{request.database}-auth"
     creds = read_credentials(kube, secret_name, purpose="the database's auth secret")
-    stage = stage_of(creds.keys, creds.annotations)
+    pause = active_pause(db)
+    interrupted = pause_holder(pause) if pause is not None else None
+    stage = stage_of(creds.keys, creds.annotations, paused_by=interrupted if interrupted != holder else None)
     if request.auth_secret and stage is Stage.IDLE:
         _check_user_secret(kube, request.auth_secret, creds)
     spec = db.get("spec") or {}
@@ -118,12 +121,16 @@ def inspect_database(request: RotationRequest, sql_port: int, holder: str) -> Ta
         topology=(spec.get("topology") or {}).get("mode", "Standalone"),
         replicas=_replicas(kube, request, db),
         stage=stage,
+        interrupted_run=interrupted if interrupted != holder else None,
         sql_port=sql_port,
         timeout_seconds=request.timeout_seconds,
     )
     _check_logins(target, creds)
-    if stage is not Stage.IDLE:
+    if stage is not Stage.IDLE or interrupted not in (None, holder):
         get_run_logger().warning(
-            "%s: an interrupted rotation was found (%s); this run finishes it", target.ref, stage.value
+            "%s: run %s was interrupted (left the database paused; rotation %s); this run finishes its work",
+            target.ref,
+            interrupted or "unknown",
+            stage.value,
         )
     return target

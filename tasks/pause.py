@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 
 from rotation import constants as c
 from rotation.kube import Kube, now_rfc3339
-from rotation.plan import Target
+from rotation.plan import Target, active_pause, is_our_pause, pause_holder, pause_message
 from tasks._policy import RETRYING
 
 
@@ -20,18 +20,13 @@ def _conditions(db: dict[str, Any]) -> list[dict[str, Any]]:
     return list((db.get("status") or {}).get("conditions") or [])
 
 
-def _ours(cond: dict[str, Any]) -> bool:
-    return cond.get("type") == c.CONDITION_PAUSED and str(cond.get("message", "")).startswith(
-        c.PAUSE_MESSAGE_PREFIX
-    )
-
-
 @task(name="pause-database", **RETRYING)
 def pause_database(target: Target, run_id: str) -> None:
+    """Add our Paused condition; one left by an interrupted run of ours is taken over."""
     kube = Kube(target.namespace)
     db = kube.get_database(target.database)
-    conditions = _conditions(db)
-    if any(_ours(cond) and cond.get("status") == "True" for cond in conditions):
+    current = active_pause(db)
+    if current is not None and pause_holder(current) == run_id:
         return
     ref = f"{target.namespace}/{target.database}"
     kube.record_event(db, "PauseDatabase", f"Pausing MSSQLServer database: {ref}")
@@ -39,11 +34,11 @@ def pause_database(target: Target, run_id: str) -> None:
         "type": c.CONDITION_PAUSED,
         "status": "True",
         "reason": c.PAUSE_REASON,
-        "message": f"{c.PAUSE_MESSAGE_PREFIX} (run {run_id})",
+        "message": pause_message(run_id),
         "observedGeneration": db["metadata"].get("generation", 1),
         "lastTransitionTime": now_rfc3339(),
     }
-    others = [cond for cond in conditions if cond.get("type") != c.CONDITION_PAUSED]
+    others = [cond for cond in _conditions(db) if cond.get("type") != c.CONDITION_PAUSED]
     db = kube.patch_database_status(
         target.database, {"conditions": [*others, paused]}, db["metadata"]["resourceVersion"]
     )
@@ -53,14 +48,15 @@ def pause_database(target: Target, run_id: str) -> None:
 
 @task(name="resume-database", **RETRYING)
 def resume_database(target: Target) -> None:
+    """Remove our Paused condition, never one that belongs to another operation."""
     kube = Kube(target.namespace)
     db = kube.get_database(target.database)
     conditions = _conditions(db)
-    if not any(_ours(cond) for cond in conditions):
+    if not any(is_our_pause(cond) for cond in conditions):
         return
     ref = f"{target.namespace}/{target.database}"
     kube.record_event(db, "ResumeDatabase", f"Resuming MSSQLServer database: {ref}")
-    remaining = [cond for cond in conditions if not _ours(cond)]
+    remaining = [cond for cond in conditions if not is_our_pause(cond)]
     db = kube.patch_database_status(
         target.database, {"conditions": remaining}, db["metadata"]["resourceVersion"]
     )

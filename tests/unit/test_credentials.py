@@ -143,13 +143,21 @@ def test_unstaging_an_unstaged_secret_changes_nothing() -> None:
 # --- committed -----------------------------------------------------------------------------------
 
 
+HOLDER = "prefect-flow-run/00000000-0000-0000-0000-000000000001"
+
+
 def _committed_from_staged(annotations: dict[str, str] | None = None) -> client.V1Secret:
     creds = _creds(
         {c.KEY_USERNAME: "sa", c.KEY_PASSWORD: OLD, c.KEY_USERNAME_NEXT: "sa", c.KEY_PASSWORD_NEXT: NEW},
         annotations,
     )
     return committed(
-        creds, new=Password(NEW), old=Password(OLD), active_from=ACTIVE_FROM, previous_secret="mssql-auth"
+        creds,
+        new=Password(NEW),
+        old=Password(OLD),
+        active_from=ACTIVE_FROM,
+        previous_secret="mssql-auth",
+        holder=HOLDER,
     )
 
 
@@ -174,6 +182,7 @@ def test_committing_marks_active_from_and_restart_pending_and_keeps_other_annota
         "team": "dba",
         c.ANNOTATION_ACTIVE_FROM: ACTIVE_FROM,
         c.ANNOTATION_RESTART_PENDING: "mssql-auth",
+        c.ANNOTATION_ROTATED_BY: HOLDER,
     }
     assert secret.metadata.resource_version == "4711"
 
@@ -183,7 +192,12 @@ def test_committing_overwrites_an_older_previous_password() -> None:
         {c.KEY_USERNAME: "sa", c.KEY_PASSWORD: OLD, c.KEY_USERNAME_PREV: "sa", c.KEY_PASSWORD_PREV: PREV}
     )
     secret = committed(
-        creds, new=Password(NEW), old=Password(OLD), active_from=ACTIVE_FROM, previous_secret="x"
+        creds,
+        new=Password(NEW),
+        old=Password(OLD),
+        active_from=ACTIVE_FROM,
+        previous_secret="x",
+        holder=HOLDER,
     )
     assert _plain(secret)[c.KEY_PASSWORD_PREV] == OLD
 
@@ -192,7 +206,12 @@ def test_committing_into_a_user_supplied_secret_keeps_its_password_and_records_t
     # The user's secret already holds the new password; the old one comes from the database's secret.
     creds = _creds({c.KEY_USERNAME: "sa", c.KEY_PASSWORD: NEW})
     secret = committed(
-        creds, new=Password(NEW), old=Password(OLD), active_from=ACTIVE_FROM, previous_secret="mssql-auth-old"
+        creds,
+        new=Password(NEW),
+        old=Password(OLD),
+        active_from=ACTIVE_FROM,
+        previous_secret="mssql-auth-old",
+        holder=HOLDER,
     )
     assert _plain(secret)[c.KEY_PASSWORD] == NEW
     assert _plain(secret)[c.KEY_PASSWORD_PREV] == OLD
@@ -237,7 +256,12 @@ def test_no_transition_changes_the_username(transition: str) -> None:
         "staged": lambda: staged(creds, Password(NEW)),
         "unstaged": lambda: unstaged(creds),
         "committed": lambda: committed(
-            creds, new=Password(NEW), old=Password(OLD), active_from=ACTIVE_FROM, previous_secret="x"
+            creds,
+            new=Password(NEW),
+            old=Password(OLD),
+            active_from=ACTIVE_FROM,
+            previous_secret="x",
+            holder=HOLDER,
         ),
         "finished": lambda: finished(creds),
     }[transition]()

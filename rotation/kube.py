@@ -25,6 +25,8 @@ from rotation.errors import InvalidRequest, PermanentError, TransientError
 
 REQUEST_TIMEOUT: Final = (5, 30)  # (connect, read) seconds for every call
 TRANSIENT_STATUS: Final = {409, 429, 500, 502, 503, 504}
+WATCH_RETRY_MIN_S: Final = 0.1
+WATCH_RETRY_MAX_S: Final = 2.0
 Json = dict[str, Any]
 
 
@@ -247,7 +249,12 @@ class Kube:
     def wait_for_pod(
         self, name: str, done: Callable[[client.V1Pod | None], bool], deadline: float
     ) -> client.V1Pod:
-        """Watch one pod until ``done(pod)`` holds; raises TimeoutError at ``deadline`` (monotonic)."""
+        """Watch one pod until ``done(pod)`` holds; raises TimeoutError at ``deadline`` (monotonic).
+
+        A watch that breaks is resumed after a growing pause (a refused permission is raised at once),
+        so a persistent fault cannot turn into a flood of requests.
+        """
+        pause = WATCH_RETRY_MIN_S
         while True:
             pod = self.read_pod(name)
             if pod is not None and done(pod):
@@ -273,8 +280,16 @@ class Kube:
                         return candidate
                     if time.monotonic() >= deadline:
                         break
-            except (ApiException, urllib3.exceptions.HTTPError, OSError):
-                continue  # a dropped watch: re-read and watch again
+            except ApiException as exc:
+                if exc.status in (401, 403):
+                    raise _api_error(exc, f"watch {self._where('Pod', name)}") from None
+            except (urllib3.exceptions.HTTPError, OSError):
+                pass
+            else:
+                pause = WATCH_RETRY_MIN_S  # the watch ended normally (its window elapsed)
+                continue
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # back off, then re-read
+            pause = min(pause * 2, WATCH_RETRY_MAX_S)
 
     # -- Events ------------------------------------------------------------------------------
     def record_event(self, database: Json, reason: str, message: str, *, warning: bool = False) -> None:

@@ -6,7 +6,7 @@ PY := .venv/bin/python
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint unit sandbox benchmark
+.PHONY: setup demo test lint unit sandbox stack benchmark
 
 setup:
 	@bash scripts/setup.sh
@@ -31,6 +31,10 @@ unit: setup
 ## A sandbox that stays up until Ctrl-C, for kubectl and the Prefect UI.
 sandbox: setup
 	$(PY) -m sandbox up
+
+## Sandbox + Prefect server with UI + deployments + worker, until Ctrl-C.
+stack: setup
+	$(PY) -m sandbox stack
 
 benchmark: setup
 	$(PY) benchmarks/rotation_overhead.py

@@ -1,4 +1,5 @@
-"""``python -m sandbox up``: run the sandbox until Ctrl-C, with a demo database to look at."""
+"""``python -m sandbox up``: run the sandbox until Ctrl-C, with a demo database to look at.
+``python -m sandbox stack``: the same plus a Prefect server with its UI, the deployments and a worker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 import threading
 
 from sandbox.cluster import Sandbox, Settings
+from sandbox.prefect_stack import LOCAL_POOL, PrefectStack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--replicas", type=int, default=3)
     up.add_argument("--pod-start-delay", type=float, default=Settings.pod_start_delay)
     up.add_argument("--pod-stop-delay", type=float, default=Settings.pod_stop_delay)
+    stack = sub.add_parser("stack", help="sandbox + Prefect server, UI, deployments and a worker")
+    stack.add_argument("--namespace", default="demo")
+    stack.add_argument("--database", default="mssql-demo")
+    stack.add_argument("--replicas", type=int, default=3)
+    stack.add_argument("--port", type=int, default=4200, help="the Prefect server's port")
     args = parser.parse_args(argv)
+    if args.command == "stack":
+        return run_stack(args)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -40,7 +49,48 @@ def main(argv: list[str] | None = None) -> int:
         )
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
+        _ignore_further_interrupts()
         print("\n[sandbox] stopping ...", flush=True)
+    return 0
+
+
+def _ignore_further_interrupts() -> None:
+    """A second Ctrl-C must not cut the clean-up short and leave servers behind."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("[stack] starting the sandbox ...", flush=True)
+    with Sandbox() as sandbox:
+        db = sandbox.create_database(args.namespace, args.database, replicas=args.replicas)
+        prefect = PrefectStack(port=args.port)
+        try:
+            print("[stack] starting the Prefect server (SQLite) ...", flush=True)
+            prefect.start_server()
+            print("[stack] creating work pools and deploying prefect.yaml ...", flush=True)
+            prefect.deploy_all()
+            prefect.start_worker(sandbox.kubeconfig)
+            print(
+                f"""
+[stack] ready. Database {db.namespace}/{db.name} ({db.replicas} replicas) is Ready.
+  Prefect UI:   {prefect.ui_url}
+                Deployments -> rotate-mssql-auth/manual -> Run -> Custom run: fill the form
+  From a shell: export PREFECT_API_URL={prefect.api_url}
+                .venv/bin/prefect deployment run rotate-mssql-auth/manual \\
+                    --param namespace={db.namespace} --param database={db.name}
+  kubectl:      export KUBECONFIG={sandbox.kubeconfig}
+                kubectl get mssqlservers,pods,secrets -n {db.namespace}
+  A worker on pool {LOCAL_POOL} runs the flows. Press Ctrl-C to stop everything.""",
+                flush=True,
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                stop.wait()
+            _ignore_further_interrupts()
+            print("\n[stack] stopping the worker, the Prefect server and the sandbox ...", flush=True)
+        finally:
+            prefect.stop()
     return 0
 
 

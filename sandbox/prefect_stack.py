@@ -1,0 +1,157 @@
+"""A local Prefect server (SQLite) with its UI, the project's work pools and deployments, and a
+process worker whose flow runs reach the sandbox. Used by ``python -m sandbox stack`` and the
+deployment tests; it drives Prefect only through its CLI and HTTP API, as a user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox.controlplane import free_port
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+LOCAL_POOL = "mssql-auth-rotation-local"
+K8S_POOL = "mssql-auth-rotation-k8s"
+HEALTH_TIMEOUT_S = 90.0
+BUSY_RETRIES = 5
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+class StackError(RuntimeError):
+    """A Prefect command or process of the local stack failed."""
+
+
+@dataclass
+class PrefectStack:
+    home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mssql-rotation-prefect-")))
+    port: int = 0
+    _processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment for Prefect commands against this server (not the ephemeral API)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.api_url,
+            DO_NOT_TRACK="1",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            PREFECT_SERVER_UI_API_URL=self.api_url,
+        )
+        env.update(extra)
+        return env
+
+    # -- processes ---------------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.home / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            argv, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._processes.append((name, proc))
+        return proc
+
+    def start_server(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        env = self.env()
+        env.pop("PREFECT_API_URL")  # the server itself has no API to talk to
+        self._spawn(
+            "server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)], env
+        )
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as reply,  # noqa: S310
+            ):
+                if reply.status == 200:
+                    return
+            time.sleep(0.2)  # an HTTP health endpoint: nothing to watch
+        raise StackError(
+            f"Prefect server not healthy after {HEALTH_TIMEOUT_S:.0f}s; see {self.home}/server.log"
+        )
+
+    def start_worker(self, kubeconfig: Path, pool: str = LOCAL_POOL) -> None:
+        """A process worker; its flow runs use the sandbox's kubeconfig."""
+        env = self.env(KUBECONFIG=str(kubeconfig), PREFECT_WORKER_QUERY_SECONDS="1")
+        self._spawn("worker", [PREFECT, "worker", "start", "--pool", pool, "--limit", "4"], env)
+
+    def _check_alive(self) -> None:
+        for name, proc in self._processes:
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with {proc.returncode}; see {self.home}/{name}.log")
+
+    def stop(self, *, keep_home: bool = False) -> None:
+        for _, proc in reversed(self._processes):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in reversed(self._processes):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._processes.clear()
+        if not keep_home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    # -- CLI ---------------------------------------------------------------------------------
+    def prefect(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [PREFECT, *args], cwd=PROJECT_DIR, env=self.env(), capture_output=True, text=True, timeout=180
+        )
+        if check and result.returncode != 0:
+            raise StackError(
+                f"prefect {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+        return result
+
+    def deploy_all(self) -> None:
+        """Create both work pools (idempotent) and register every deployment of prefect.yaml."""
+        self.prefect("work-pool", "create", LOCAL_POOL, "--type", "process", "--overwrite")
+        self.prefect("work-pool", "create", K8S_POOL, "--type", "kubernetes", "--overwrite")
+        self.prefect("--no-prompt", "deploy", "--all")
+
+    # -- REST --------------------------------------------------------------------------------
+    def api(self, method: str, path: str, body: Any | None = None) -> Any:
+        """A plain HTTP call to the Prefect REST API; raises HTTPError on 4xx/5xx.
+
+        A 503 (the SQLite-backed server is busy) is retried a few times, as Prefect's own client does.
+        """
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in range(BUSY_RETRIES + 1):
+            request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 URL)
+                f"{self.api_url}{path}",
+                data=data,
+                method=method,
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310
+                    return json.loads(reply.read() or b"null")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or attempt == BUSY_RETRIES:
+                    raise
+                time.sleep(0.5 * (attempt + 1))  # back off while the server works through its queue
+        raise AssertionError("unreachable")

@@ -1,0 +1,193 @@
+"""prefect.yaml against a real local Prefect server: deploy, schedule, parameter form and validation,
+and a process worker that executes runs triggered the three API ways (CLI, run_deployment, REST)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from sandbox.cluster import Database, Sandbox
+from sandbox.prefect_stack import K8S_POOL, LOCAL_POOL, PrefectStack
+from tests.e2e.conftest import DatabaseFactory
+from tests.support import is_paused, logs_in
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+RUN_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def stack(sandbox: Sandbox) -> Iterator[PrefectStack]:
+    prefect = PrefectStack()
+    try:
+        prefect.start_server()
+        prefect.deploy_all()
+        prefect.start_worker(sandbox.kubeconfig)
+        yield prefect
+    finally:
+        prefect.stop()
+
+
+def deployments(stack: PrefectStack) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in stack.api("POST", "/deployments/filter", {})}
+
+
+def wait_for_runs(stack: PrefectStack, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Poll the REST API until every run is in a terminal state (the API has no watch)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        runs = {run_id: stack.api("GET", f"/flow_runs/{run_id}") for run_id in run_ids}
+        if all(run["state_type"] in TERMINAL for run in runs.values()):
+            return runs
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"runs not finished after {RUN_TIMEOUT_S:.0f}s: {[r['state_type'] for r in runs.values()]}"
+            )
+        time.sleep(0.5)
+
+
+def assert_rotated(db: Database, old: str) -> None:
+    secret = db.secret_data()
+    assert secret["password"] != old and secret["password.prev"] == old
+    assert "password.next" not in secret
+    for pod in db.pods:
+        assert logs_in(db, pod, secret["password"]) and not logs_in(db, pod, old), pod
+    assert not is_paused(db)
+
+
+def test_prefect_deploy_registers_the_scheduled_manual_and_in_cluster_deployments(
+    stack: PrefectStack,
+) -> None:
+    found = deployments(stack)
+
+    assert set(found) == {"scheduled", "manual", "in-cluster"}
+    [schedule] = found["scheduled"]["schedules"]
+    assert schedule["schedule"]["cron"] == "0 3 1 * *" and schedule["schedule"]["timezone"] == "UTC"
+    assert schedule["active"] is True
+    assert found["scheduled"]["parameters"]["database"] == "mssql-demo"
+    assert found["manual"]["schedules"] == []
+    assert all(d["enforce_parameter_schema"] for d in found.values())
+    assert found["manual"]["work_pool_name"] == LOCAL_POOL
+    assert found["in-cluster"]["work_pool_name"] == K8S_POOL
+    variables = found["in-cluster"]["job_variables"]
+    assert variables["service_account_name"] == "mssql-auth-rotation"
+    assert variables["namespace"] == "mssql-auth-rotation"
+    pools = {p["name"]: p["type"] for p in stack.api("POST", "/work_pools/filter", {})}
+    assert pools[LOCAL_POOL] == "process" and pools[K8S_POOL] == "kubernetes"
+
+
+def test_every_parameter_of_the_form_has_a_title_and_a_description(stack: PrefectStack) -> None:
+    schema = deployments(stack)["manual"]["parameter_openapi_schema"]
+
+    assert schema["required"] == ["namespace", "database"]
+    for name, prop in schema["properties"].items():
+        assert prop.get("title"), name
+        assert prop.get("description"), name
+
+
+@pytest.mark.parametrize(
+    ("parameters", "why"),
+    [
+        ({"namespace": "demo", "database": "mssql-demo", "apply": "Sometimes"}, "unknown apply"),
+        ({"namespace": "demo", "database": "mssql-demo", "timeout": "5 minutes"}, "malformed timeout"),
+        ({"namespace": "", "database": "mssql-demo"}, "empty namespace"),
+        ({"namespace": "demo", "database": ""}, "empty database"),
+        ({"namespace": "demo"}, "missing database"),
+    ],
+)
+def test_the_server_rejects_a_run_with_invalid_parameters(
+    stack: PrefectStack, parameters: dict[str, str], why: str
+) -> None:
+    manual = deployments(stack)["manual"]
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        stack.api("POST", f"/deployments/{manual['id']}/create_flow_run", {"parameters": parameters})
+
+    assert 400 <= refused.value.code < 500, why
+    runs = stack.api("POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [manual["id"]]}}})
+    assert all(run["parameters"] != parameters for run in runs)
+
+
+def test_a_worker_runs_rotations_triggered_by_the_cli_run_deployment_and_the_rest_api(
+    stack: PrefectStack, make_database: DatabaseFactory
+) -> None:
+    by_cli, by_python, by_rest = (
+        make_database(replicas=3),
+        make_database(replicas=3),
+        make_database(replicas=1),
+    )
+    olds = {db.name: db.secret_data()["password"] for db in (by_cli, by_python, by_rest)}
+    manual = deployments(stack)["manual"]
+
+    cli = stack.prefect(
+        "deployment",
+        "run",
+        "rotate-mssql-auth/manual",
+        "--param",
+        f"namespace={by_cli.namespace}",
+        "--param",
+        f"database={by_cli.name}",
+    )
+    cli_run = cli.stdout.split("UUID:")[1].split()[0]
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        python_run = run_deployment(
+            "rotate-mssql-auth/manual",
+            parameters={"namespace": by_python.namespace, "database": by_python.name},
+            timeout=0,
+        )
+    assert isinstance(python_run, FlowRun)
+    rest_run = stack.api(
+        "POST",
+        f"/deployments/{manual['id']}/create_flow_run",
+        {"parameters": {"namespace": by_rest.namespace, "database": by_rest.name, "timeout": "2m"}},
+    )
+
+    runs = wait_for_runs(stack, [cli_run, str(python_run.id), rest_run["id"]])
+
+    assert [run["state_type"] for run in runs.values()] == ["COMPLETED"] * 3
+    for db in (by_cli, by_python, by_rest):
+        assert_rotated(db, olds[db.name])
+
+
+def test_two_runs_of_the_same_database_started_at_once_never_corrupt_it(
+    stack: PrefectStack, make_database: DatabaseFactory
+) -> None:
+    db = make_database(replicas=3)
+    original = db.secret_data()["password"]
+    manual = deployments(stack)["manual"]
+    params = {"parameters": {"namespace": db.namespace, "database": db.name}}
+    ids: list[str] = []
+    starters = [
+        threading.Thread(
+            target=lambda: ids.append(
+                stack.api("POST", f"/deployments/{manual['id']}/create_flow_run", params)["id"]
+            )
+        )
+        for _ in range(2)
+    ]
+    for starter in starters:
+        starter.start()
+    for starter in starters:
+        starter.join()
+
+    runs = wait_for_runs(stack, ids)
+
+    outcomes = sorted(run["state_type"] for run in runs.values())
+    assert "COMPLETED" in outcomes
+    for run in runs.values():
+        if run["state_type"] != "COMPLETED":
+            assert run["state_type"] == "FAILED"
+            assert "already being rotated by prefect-flow-run/" in run["state"]["message"]
+    secret = db.secret_data()
+    assert "password.next" not in secret
+    for pod in db.pods:
+        assert logs_in(db, pod, secret["password"]) and not logs_in(db, pod, original)
+    assert not is_paused(db)
+    assert db.sandbox.coordination_leases(db.namespace) == []

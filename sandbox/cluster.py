@@ -6,6 +6,7 @@ Used by ``python -m sandbox up``, the pytest fixtures and the demo alike.
 from __future__ import annotations
 
 import base64
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sandbox import kubedb_shapes as shapes
 from sandbox.controlplane import ControlPlane
+from sandbox.faultproxy import FaultProxy
 from sandbox.fleet import PodKey, SqlFleet
 from sandbox.kubelet import PetSetKubelet
 from sandbox.provisioner import Provisioner
@@ -82,6 +84,7 @@ class Sandbox:
         self.timeline = Timeline()
         self._watchers: list[ResourceWatcher] = []
         self._kubelet: PetSetKubelet | None = None
+        self._provisioner: Provisioner | None = None
         self._barrier_count = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -151,6 +154,7 @@ class Sandbox:
         )
         provisioner = Provisioner(self._new_api_client(), self.timeline)
         self._kubelet = kubelet
+        self._provisioner = provisioner
 
         def on_pod(event: str, pod: dict[str, Any]) -> None:
             kubelet.on_pod(event, pod)
@@ -248,6 +252,17 @@ class Sandbox:
             },
         )
 
+    def known_passwords(self) -> set[str]:
+        """Every password the sandbox has seen, in a Secret or in a SQL instance (for leak checks)."""
+        self.settle()
+        seen = self._provisioner.seen_passwords() if self._provisioner is not None else set()
+        return {password for password in seen | self.fleet.every_password() if password}
+
+    def fail_pod_starts(self, namespace: str, pod: str, failing: bool = True) -> None:
+        """Fault switch: the pod's next containers never start, so a recreated pod stays NotReady."""
+        assert self._kubelet is not None
+        self._kubelet.fail_starts(PodKey(namespace, pod), failing)
+
     def coordination_leases(self, namespace: str) -> list[str]:
         """Names of the Leases in a namespace (the rotation's lock is one)."""
         leases = client.CoordinationV1Api(self.api).list_namespaced_lease(namespace).items
@@ -297,6 +312,11 @@ class Sandbox:
             token=minted.status.token,
             namespace=namespace,
         )
+
+    def fault_proxy(self) -> FaultProxy:
+        """A started fault-injecting proxy in front of this sandbox's API server; the caller stops it."""
+        pki_dir = Path(tempfile.mkdtemp(prefix="faultproxy-", dir=self.control_plane.workdir))
+        return FaultProxy(self.control_plane.server, self.control_plane.ca_cert, pki_dir).start()
 
     def pods_ready(self, namespace: str, db: str) -> bool:
         """All of the database's pods exist, none is terminating, and each is Ready."""

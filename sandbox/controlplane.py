@@ -42,6 +42,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def write_kubeconfig(
+    path: Path, *, server: str, ca_cert: Path, user: str, token: str, namespace: str = "default"
+) -> Path:
+    """A kubeconfig (mode 0600) for ``server``, verified with ``ca_cert``, authenticating with ``token``."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "sandbox", "cluster": {"server": server, "certificate-authority": str(ca_cert)}}
+        ],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": "sandbox", "user": user, "namespace": namespace}}],
+        "current-context": user,
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
 @dataclass
 class ControlPlane:
     """Owns the two server processes and the files they need; ``stop()`` removes all of it."""
@@ -158,24 +177,9 @@ class ControlPlane:
         )
 
     def write_kubeconfig(self, path: Path, *, user: str, token: str, namespace: str = "default") -> Path:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "sandbox",
-                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_cert)},
-                }
-            ],
-            "users": [{"name": user, "user": {"token": token}}],
-            "contexts": [
-                {"name": user, "context": {"cluster": "sandbox", "user": user, "namespace": namespace}}
-            ],
-            "current-context": user,
-        }
-        path.write_text(yaml.safe_dump(config))
-        path.chmod(0o600)
-        return path
+        return write_kubeconfig(
+            path, server=self.server, ca_cert=self.ca_cert, user=user, token=token, namespace=namespace
+        )
 
     def stop(self) -> None:
         for _, proc in reversed(self._processes):

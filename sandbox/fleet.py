@@ -65,6 +65,12 @@ class SqlFleet:
         with self._lock:
             return key in self._servers
 
+    def every_password(self) -> set[str]:
+        """Every password any instance ever had."""
+        with self._lock:
+            volumes = list(self._volumes.values())
+        return set().union(*(volume.every_password() for volume in volumes))
+
     def stop_all(self) -> None:
         with self._lock:
             servers = list(self._servers.values())

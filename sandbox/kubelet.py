@@ -67,6 +67,7 @@ class PetSetKubelet:
         self._terminating: set[str] = set()  # pod uids being stopped
         self._timers: set[threading.Timer] = set()
         self._stopping = threading.Event()
+        self._failing_starts: set[PodKey] = set()  # fault switch: these pods' containers never start
         self._prober = threading.Thread(target=self._probe_loop, name="kubelet-probe", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -205,8 +206,18 @@ class PetSetKubelet:
         value = (secret.data or {}).get(ref["key"])
         return base64.b64decode(value).decode() if value is not None else None
 
+    def fail_starts(self, key: PodKey, failing: bool = True) -> None:
+        """Fault switch: the next containers of this pod fail to start (the pod never turns Ready)."""
+        with self._lock:
+            if failing:
+                self._failing_starts.add(key)
+            else:
+                self._failing_starts.discard(key)
+
     def _start_container(self, key: PodKey, pod: dict[str, Any]) -> None:
-        sa_password = self._resolve_sa_password(key.namespace, pod)
+        with self._lock:
+            failing = key in self._failing_starts
+        sa_password = None if failing else self._resolve_sa_password(key.namespace, pod)
         if sa_password is not None:
             role = (pod["metadata"].get("labels") or {}).get("kubedb.com/role")
             if not self.fleet.has_volume(key):

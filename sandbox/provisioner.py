@@ -8,6 +8,7 @@ readiness, and the PetSet's secret references from ``spec.authSecret.name``. Eve
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 from typing import Any
@@ -46,6 +47,7 @@ class Provisioner:
         self._lock = threading.Lock()
         self._databases: dict[tuple[str, str], dict[str, Any]] = {}
         self._secret_versions: dict[tuple[str, str], str] = {}
+        self._seen_passwords: set[str] = set()  # every password-like value a secret ever held
 
     def on_database(self, event: str, db: dict[str, Any]) -> None:
         meta = db["metadata"]
@@ -62,7 +64,13 @@ class Provisioner:
     def on_secret(self, event: str, secret: dict[str, Any]) -> None:
         meta = secret["metadata"]
         key = (meta["namespace"], meta["name"])
+        passwords = {
+            base64.b64decode(value).decode("utf-8", "replace")
+            for name, value in (secret.get("data") or {}).items()
+            if name.startswith("password")
+        }
         with self._lock:
+            self._seen_passwords |= passwords
             known = key in self._secret_versions
             self._secret_versions[key] = meta["resourceVersion"]
         # A relist replays ADDED for secrets that already existed: only real writes count.
@@ -71,6 +79,10 @@ class Provisioner:
             self.timeline.record("secret-written", *key, meta["resourceVersion"], detail=f"keys={keys}")
         elif event == "DELETED":
             self.timeline.record("secret-deleted", *key, meta["resourceVersion"])
+
+    def seen_passwords(self) -> set[str]:
+        with self._lock:
+            return set(self._seen_passwords)
 
     def on_pod(self, event: str, pod: dict[str, Any]) -> None:
         labels = pod["metadata"].get("labels") or {}

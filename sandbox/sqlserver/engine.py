@@ -921,6 +921,8 @@ class _Executor:
         policy_error = check_password_policy(stmt.password)
         if policy_error is not None:
             raise policy_error
+        if self._state.faults.reject_password_changes:
+            raise PASSWORD_NOT_COMPLEX
         if self._state.faults.ignore_password_changes:
             return StatementResult()
         self._session.pending[target] = stmt.password

@@ -29,6 +29,8 @@ class Faults:
     """Seconds to wait before sending each reply message."""
     ignore_password_changes: bool = False
     """ALTER LOGIN reports success but changes nothing."""
+    reject_password_changes: bool = False
+    """ALTER LOGIN fails with 15118, as on an instance with a stricter local password policy."""
 
 
 @dataclass
@@ -48,6 +50,7 @@ class InstanceState:
         self._lock = threading.RLock()
         self._logins: dict[str, _Login] = {}
         self._role = "PRIMARY"
+        self._every_password: set[str] = set()  # for leak checks: all passwords this instance ever had
         self.set_login("sa", sa_password, sysadmin=True)
 
     @property
@@ -68,6 +71,12 @@ class InstanceState:
         with self._lock:
             is_sa = name.casefold() == "sa"
             self._logins[name.casefold()] = _Login(name, password, sysadmin or is_sa)
+            self._every_password.add(password)
+
+    def every_password(self) -> set[str]:
+        """Every password any login of this instance has had (tests search output for them)."""
+        with self._lock:
+            return set(self._every_password)
 
     def password_of(self, name: str) -> str | None:
         with self._lock:
@@ -97,6 +106,7 @@ class InstanceState:
                 login = self._logins.get(name.casefold())
                 if login is not None:
                     login.password = password
+                    self._every_password.add(password)
 
     def take_login_fault(self) -> bool:
         """Consume one pending 'fail next login' if there is one."""

@@ -445,6 +445,18 @@ def test_ignored_change_reports_success_but_changes_nothing(
     assert login_outcome(server.address, "app", APP_PASSWORD) is None
 
 
+def test_rejected_change_fails_with_the_complexity_error_and_changes_nothing(
+    state: InstanceState, connect: Connect
+) -> None:
+    state.faults.reject_password_changes = True
+    connection = connect()
+    with pytest.raises(pymssql.OperationalError) as caught:
+        connection.cursor().execute(alter_sql("app", NEW_PASSWORD))
+    assert caught.value.args[0] == 15118
+    connection.commit()
+    assert state.password_of("app") == APP_PASSWORD
+
+
 def test_reply_delay_slows_every_reply(state: InstanceState, connect: Connect) -> None:
     connection = connect(autocommit=True)
     state.faults.reply_delay = 0.3

@@ -76,13 +76,13 @@ def lock_name(database: str) -> str:
     return f"{database}-rotate-auth"
 
 
-def stage_of(keys: set[str], annotations: dict[str, str], paused_by: str | None = None) -> Stage:
-    """Where the rotation stands; ``paused_by`` is the run that left the database paused, if any."""
+def stage_of(keys: set[str], annotations: dict[str, str], interrupted_run: str | None = None) -> Stage:
+    """Where the rotation stands; ``interrupted_run`` is a run of ours that died mid-rotation, if any."""
     if c.ANNOTATION_RESTART_PENDING in annotations:
         return Stage.COMMITTED
     if c.KEY_PASSWORD_NEXT in keys:
         return Stage.STAGED
-    if paused_by is not None and annotations.get(c.ANNOTATION_ROTATED_BY) == paused_by:
+    if interrupted_run is not None and annotations.get(c.ANNOTATION_ROTATED_BY) == interrupted_run:
         return Stage.RESUME_ONLY
     return Stage.IDLE
 

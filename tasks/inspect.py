@@ -5,8 +5,10 @@ Every problem found here is an ``InvalidRequest`` that names the object and what
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from kubernetes import client
 from prefect import get_run_logger, task
 
 from rotation import constants as c
@@ -30,13 +32,15 @@ from tasks._policy import RETRYING
 from tasks.lock import refuse_if_locked
 
 
-def _check_database(request: RotationRequest, db: dict[str, Any]) -> None:
+def _check_database(request: RotationRequest, db: dict[str, Any], stage: Stage) -> None:
     where = f"MSSQLServer {request.namespace}/{request.database}"
     spec, status = db.get("spec") or {}, db.get("status") or {}
     if spec.get("halted"):
         raise InvalidRequest(f"{where} is halted; resume it before rotating its credentials")
     phase = status.get("phase", "Unknown")
-    if request.apply is ApplyPolicy.IF_READY and phase != "Ready":
+    # IfReady guards starting a rotation. An interrupted one is finished whatever the phase: pods
+    # still running with the old password are often why the database is not Ready.
+    if request.apply is ApplyPolicy.IF_READY and phase != "Ready" and stage is Stage.IDLE:
         raise InvalidRequest(
             f"{where} is {phase}, not Ready: wait until it is Ready, "
             "or run with apply=Always to rotate anyway"
@@ -65,18 +69,29 @@ def _check_user_secret(kube: Kube, name: str, current: Credentials) -> None:
         )
 
 
+def _running(pod: client.V1Pod) -> bool:
+    return not pod.metadata.deletion_timestamp and bool(pod.status and pod.status.pod_ip)
+
+
 def _replicas(kube: Kube, request: RotationRequest, db: dict[str, Any]) -> tuple[Replica, ...]:
+    """The database's pods, waiting (within the timeout) for any that is being restarted."""
     where = f"MSSQLServer {request.namespace}/{request.database}"
     expected = int((db.get("spec") or {}).get("replicas", 1))
-    pods = [p for p in kube.list_database_pods(request.database) if not p.metadata.deletion_timestamp]
-    if len(pods) != expected:
-        raise InvalidRequest(f"{where} wants {expected} pod(s) but {len(pods)} are running: wait for them")
+    found = {p.metadata.name: p for p in kube.list_database_pods(request.database) if _running(p)}
+    deadline = time.monotonic() + request.timeout_seconds
+    pods = []
+    for name in (f"{request.database}-{ordinal}" for ordinal in range(expected)):  # PetSet naming
+        if name not in found:
+            try:
+                found[name] = kube.wait_for_pod(name, _running, deadline)
+            except TimeoutError:
+                raise InvalidRequest(
+                    f"{where} wants {expected} pod(s) but {name} is not running after {request.timeout}: "
+                    "wait until the database is healthy"
+                ) from None
+        pods.append(found[name])
     replicas = []
     for pod in pods:
-        if not pod.status or not pod.status.pod_ip:
-            raise InvalidRequest(
-                f"pod {request.namespace}/{pod.metadata.name} has no IP yet: wait until it runs"
-            )
         role = role_of(pod.metadata.labels or {}, expected)
         replicas.append(
             Replica(pod=pod.metadata.name, host=pod.status.pod_ip, uid=pod.metadata.uid, role=role)
@@ -98,17 +113,24 @@ def _check_logins(target: Target, creds: Credentials) -> None:
             )
 
 
+def _interrupted_run(db: dict[str, Any], stale_lock_holder: str | None, holder: str) -> str | None:
+    """A run of ours that died holding the database: it left our pause, or a lock that has lapsed."""
+    pause = active_pause(db)
+    paused_by = pause_holder(pause) if pause is not None else None
+    candidate = paused_by or stale_lock_holder
+    return candidate if candidate != holder else None
+
+
 @task(name="inspect-database", **RETRYING)
 def inspect_database(request: RotationRequest, sql_port: int, holder: str) -> Target:
     kube = Kube(request.namespace)
     db = kube.get_database(request.database)
-    refuse_if_locked(kube, request.database, holder)
-    _check_database(request, db)
+    stale_lock_holder = refuse_if_locked(kube, request.database, holder)
     secret_name = ((db.get("spec") or {}).get("authSecret") or {}).get("name") or f"{request.database}-auth"
     creds = read_credentials(kube, secret_name, purpose="the database's auth secret")
-    pause = active_pause(db)
-    interrupted = pause_holder(pause) if pause is not None else None
-    stage = stage_of(creds.keys, creds.annotations, paused_by=interrupted if interrupted != holder else None)
+    interrupted = _interrupted_run(db, stale_lock_holder, holder)
+    stage = stage_of(creds.keys, creds.annotations, interrupted_run=interrupted)
+    _check_database(request, db, stage)
     if request.auth_secret and stage is Stage.IDLE:
         _check_user_secret(kube, request.auth_secret, creds)
     spec = db.get("spec") or {}
@@ -121,14 +143,14 @@ def inspect_database(request: RotationRequest, sql_port: int, holder: str) -> Ta
         topology=(spec.get("topology") or {}).get("mode", "Standalone"),
         replicas=_replicas(kube, request, db),
         stage=stage,
-        interrupted_run=interrupted if interrupted != holder else None,
+        interrupted_run=interrupted,
         sql_port=sql_port,
         timeout_seconds=request.timeout_seconds,
     )
     _check_logins(target, creds)
-    if stage is not Stage.IDLE or interrupted not in (None, holder):
+    if stage is not Stage.IDLE or interrupted is not None:
         get_run_logger().warning(
-            "%s: run %s was interrupted (left the database paused; rotation %s); this run finishes its work",
+            "%s: run %s was interrupted (rotation %s); this run finishes its work",
             target.ref,
             interrupted or "unknown",
             stage.value,

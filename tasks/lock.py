@@ -84,11 +84,17 @@ def _in_progress(ref: str, lease: client.V1Lease) -> RotationInProgress:
     )
 
 
-def refuse_if_locked(kube: Kube, database: str, holder: str) -> None:
-    """Fail fast, before anything changes, when another live run holds the database's lock."""
+def refuse_if_locked(kube: Kube, database: str, holder: str) -> str | None:
+    """Fail fast, before anything changes, when another live run holds the database's lock.
+
+    Returns the holder of a lock left behind by a run that is gone, if there is one.
+    """
     current = kube.read_lease(lock_name(database))
-    if current is not None and is_live(current, holder):
+    if current is None or current.spec.holder_identity == holder:
+        return None
+    if is_live(current, holder):
         raise _in_progress(f"{kube.namespace}/{database}", current)
+    return str(current.spec.holder_identity)
 
 
 @task(name="acquire-lock", **RETRYING)

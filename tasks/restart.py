@@ -63,8 +63,9 @@ def wait_pod_ready(target: Target, replica: Replica) -> Replica:
         raise StepTimeout(
             f"pod {target.namespace}/{replica.pod} was not back and Ready "
             f"within {target.timeout_seconds:.0f}s. "
-            "The new password is committed in the auth secret and works on every replica: once the pod is "
-            "healthy, run the rotation again to finish the restarts"
+            "The new password is committed in the auth secret and works on every replica: once the pod "
+            "is healthy, run the rotation again to finish the restarts (it does so even if the database "
+            "is not Ready)"
         ) from None
     creds = read_credentials(kube, _holder(kube, target), purpose="the database's auth secret")
     restarted = Replica(pod=replica.pod, host=pod.status.pod_ip, uid=pod.metadata.uid, role=replica.role)

@@ -7,7 +7,19 @@ import itertools
 import pytest
 
 from rotation import constants as c
-from rotation.plan import Endpoint, Replica, Stage, Target, restart_order, role_of, stage_of
+from rotation.plan import (
+    Endpoint,
+    Replica,
+    Stage,
+    Target,
+    active_pause,
+    is_our_pause,
+    pause_holder,
+    pause_message,
+    restart_order,
+    role_of,
+    stage_of,
+)
 
 
 def _replica(pod: str, role: str, host: str = "10.0.0.1") -> Replica:
@@ -141,3 +153,47 @@ def test_the_lock_name_is_derived_from_the_database_name() -> None:
 
 def test_the_ref_is_namespace_slash_database() -> None:
     assert _target((), database="mssql").ref == "demo/mssql"
+
+
+# --- interrupted runs ------------------------------------------------------------------------------
+RUN = "prefect-flow-run/11111111-2222-3333-4444-555555555555"
+
+
+def test_a_run_that_committed_but_died_before_resuming_only_needs_a_resume() -> None:
+    keys = {c.KEY_USERNAME, c.KEY_PASSWORD, c.KEY_PASSWORD_PREV}
+    assert stage_of(keys, {c.ANNOTATION_ROTATED_BY: RUN}, interrupted_run=RUN) is Stage.RESUME_ONLY
+
+
+def test_a_run_that_died_before_committing_leaves_an_idle_rotation_to_start_afresh() -> None:
+    keys = {c.KEY_USERNAME, c.KEY_PASSWORD}
+    assert (
+        stage_of(keys, {c.ANNOTATION_ROTATED_BY: "prefect-flow-run/older"}, interrupted_run=RUN) is Stage.IDLE
+    )
+    assert stage_of(keys, {c.ANNOTATION_ROTATED_BY: RUN}) is Stage.IDLE
+
+
+def test_staged_and_committed_work_wins_over_resume_only() -> None:
+    annotations = {c.ANNOTATION_ROTATED_BY: RUN}
+    assert stage_of({c.KEY_PASSWORD, c.KEY_PASSWORD_NEXT}, annotations, interrupted_run=RUN) is Stage.STAGED
+    pending = {**annotations, c.ANNOTATION_RESTART_PENDING: "db-auth"}
+    assert stage_of({c.KEY_PASSWORD}, pending, interrupted_run=RUN) is Stage.COMMITTED
+
+
+def test_our_pause_names_the_run_that_set_it() -> None:
+    condition = {"type": "Paused", "status": "True", "reason": "Paused", "message": pause_message(RUN)}
+    assert is_our_pause(condition)
+    assert pause_holder(condition) == RUN
+
+
+def test_a_pause_set_by_another_operation_is_not_ours_and_names_no_run() -> None:
+    condition = {"type": "Paused", "status": "True", "message": "paused by ops request msops-1 (run x)"}
+    assert not is_our_pause(condition)
+    assert pause_holder(condition) is None
+
+
+def test_the_active_pause_is_the_true_paused_condition() -> None:
+    paused = {"type": "Paused", "status": "True", "message": "m"}
+    db = {"status": {"conditions": [{"type": "Ready", "status": "True"}, paused]}}
+    assert active_pause(db) == paused
+    assert active_pause({"status": {"conditions": [{**paused, "status": "False"}]}}) is None
+    assert active_pause({}) is None

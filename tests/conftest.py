@@ -1,15 +1,44 @@
-"""Fixtures shared by the integration and end-to-end suites: one sandbox per test session."""
+"""Fixtures shared by the integration and end-to-end suites: one sandbox per test session.
+
+Also the suite's guard against leaked secrets: everything tests capture (stdout, stderr, logs) is
+kept for tests/e2e/test_no_leaks.py, which runs last; and any password the sandbox knows is
+blanked out of failure reports before pytest prints them.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 from kubernetes import client
 
 from sandbox.cluster import Sandbox, Settings
+
+CAPTURED: list[str] = []  # what every test printed or logged, for the leak check
+_RUNNING: list[Sandbox] = []  # the session's sandbox once it exists
+LAST = "test_no_leaks.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The leak check reads what every other test left behind, so it runs after all of them."""
+    items.sort(key=lambda item: item.path.name == LAST)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    CAPTURED.extend(text for _, text in report.sections)
+    if report.failed and _RUNNING:
+        # Assertion rewriting prints compared values; never let that print a password.
+        text = str(report.longrepr)
+        for password in _RUNNING[0].known_passwords():
+            text = text.replace(password, "<redacted>")
+        report.longrepr = text
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +47,11 @@ def sandbox() -> Iterator[Sandbox]:
     previous = os.environ.get("KUBECONFIG")
     with Sandbox(Settings()) as running:
         os.environ["KUBECONFIG"] = str(running.kubeconfig)
+        _RUNNING.append(running)
         try:
             yield running
         finally:
+            _RUNNING.clear()
             if previous is None:
                 os.environ.pop("KUBECONFIG", None)
             else:

@@ -11,6 +11,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.rotate_auth import rotate_mssql_auth
 from rotation.errors import InvalidRequest, RotationInProgress, VerificationFailed
 from tests.e2e.conftest import DatabaseFactory
+from tests.fault_matrix import proves
 from tests.support import (
     create_basic_auth_secret,
     event_reasons,
@@ -178,6 +179,11 @@ def test_a_replica_that_ignores_the_change_blocks_every_restart_and_the_old_pass
     assert "Failed" in event_reasons(db)
 
 
+@proves(
+    fault="a database that is not Ready (a replica fails its readiness probe) with apply=IfReady",
+    where="the MSSQLServer's status.phase",
+    outcome="refused naming the phase and apply=Always; secret, pause and lock untouched",
+)
 def test_if_ready_refuses_a_database_that_is_not_ready_and_changes_nothing(
     make_database: DatabaseFactory,
 ) -> None:
@@ -197,6 +203,11 @@ def test_if_ready_refuses_a_database_that_is_not_ready_and_changes_nothing(
     assert db.sandbox.coordination_leases(db.namespace) == []
 
 
+@proves(
+    fault="a second rotation of the same database while one is running",
+    where="a concurrent flow run (another thread)",
+    outcome="refused at once naming the holder's flow run; the first completes unharmed",
+)
 def test_a_second_concurrent_rotation_of_the_same_database_is_refused_naming_the_holder(
     make_database: DatabaseFactory,
 ) -> None:

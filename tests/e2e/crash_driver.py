@@ -1,0 +1,64 @@
+"""Runs the rotation in its own process and SIGKILLs itself at a chosen point — no ``finally`` runs.
+
+    python -m tests.e2e.crash_driver NAMESPACE DATABASE POINT
+
+POINT is a task name of the flow (the process dies right after that task completes for the first
+time: a step boundary) or ``mid-set`` (dies after the first replica's ALTER LOGIN committed, before
+the next replica's). The flow itself is unchanged; only this driver wraps its tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import flows.rotate_auth as flow_module
+import tasks.set_password as set_password_module
+
+STEP_TASKS = {
+    "inspect-database": "inspect_database",
+    "acquire-lock": "acquire_lock",
+    "pause-database": "pause_database",
+    "stage-new-password": "stage_new_password",
+    "set-password-on-replicas": "set_password_on_replicas",
+    "verify-logins": "verify_logins",
+    "commit-secret": "commit_secret",
+    "update-petsets": "update_petsets",
+    "evict-pod": "evict_pod",
+    "check-pod-ready": "wait_pod_ready",
+    "check-rotation": "check_rotation",
+    "resume-database": "resume_database",
+}
+POINTS = (*STEP_TASKS, "mid-set")
+
+
+def die(*_: Any) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def arm(point: str) -> None:
+    if point == "mid-set":
+        namespace = vars(set_password_module)
+        real = namespace["change_password"]
+
+        def change_then_die(*args: Any, **kwargs: Any) -> None:
+            real(*args, **kwargs)
+            die()
+
+        namespace["change_password"] = change_then_die
+        return
+    name = STEP_TASKS[point]
+    task = getattr(flow_module, name)
+    setattr(flow_module, name, task.with_options(on_completion=[die]))
+
+
+def main(namespace: str, database: str, point: str) -> int:
+    arm(point)
+    flow_module.rotate_mssql_auth(namespace=namespace, database=database)
+    return 3  # the kill point was never reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))

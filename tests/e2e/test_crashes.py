@@ -1,0 +1,131 @@
+"""A killed rotation loses nothing: SIGKILL at every step boundary and in the middle of the
+per-replica password change, then a second run converges.
+
+The first run happens in a child process (tests/e2e/crash_driver.py) that kills itself, so no
+``finally`` runs: the database stays paused, the lock stays held, the secret is left mid-way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Crashed
+
+from flows.rotate_auth import rotate_mssql_auth
+from rotation.errors import RotationInProgress
+from sandbox.cluster import Database
+from tasks.lock import expires_at
+from tests.e2e.conftest import DatabaseFactory
+from tests.e2e.crash_driver import POINTS
+from tests.fault_matrix import proves
+from tests.support import is_paused, logs_in
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+CHILD_LEASE_SECONDS = "3"  # the killed run's lock lapses this long after its last renewal
+
+
+def run_until_killed(db: Database, point: str) -> None:
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "MSSQL_AUTH_ROTATION_LEASE_SECONDS": CHILD_LEASE_SECONDS,
+    }
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.crash_driver", db.namespace, db.name, point],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert child.returncode == -signal.SIGKILL, f"the run was not killed at {point}:\n{child.stderr[-3000:]}"
+
+
+def lock_of(db: Database) -> client.V1Lease | None:
+    leases = db.sandbox.coordination_leases(db.namespace)
+    if not leases:
+        return None
+    return client.CoordinationV1Api(db.sandbox.api).read_namespaced_lease(leases[0], db.namespace)
+
+
+def report_the_dead_run_as_crashed(db: Database) -> None:
+    """What a Prefect worker does when its flow-run process dies."""
+    lease = lock_of(db)
+    if lease is None:
+        return
+    holder = lease.spec.holder_identity
+    with get_client(sync_client=True) as prefect:
+        prefect.set_flow_run_state(
+            uuid.UUID(holder.removeprefix("prefect-flow-run/")), Crashed(message="process killed"), force=True
+        )
+
+
+def assert_converged(db: Database, original: str) -> None:
+    secret = db.secret_data()
+    assert secret["password.prev"] == original
+    assert "password.next" not in secret and "username.next" not in secret
+    for pod in db.pods:
+        assert logs_in(db, pod, secret["password"]), pod
+        assert not logs_in(db, pod, original), pod
+    assert db.sandbox.pods_ready(db.namespace, db.name)
+    assert not is_paused(db)
+    assert db.sandbox.coordination_leases(db.namespace) == []
+
+
+@proves(
+    fault="SIGKILL of the flow process right after each of its 12 steps, or between two replicas' "
+    "ALTER LOGIN",
+    where="the flow's process (tests/e2e/crash_driver.py), no `finally` runs",
+    outcome="a second run converges: the secret's password logs in everywhere, every pod Ready, "
+    "database resumed, password.prev = the original, no .next keys, lock released",
+)
+@pytest.mark.parametrize("point", POINTS)
+def test_a_rotation_killed_at_any_point_is_finished_by_the_next_run(
+    make_database: DatabaseFactory, point: str
+) -> None:
+    db = make_database(replicas=3)
+    original = db.secret_data()["password"]
+
+    run_until_killed(db, point)
+    report_the_dead_run_as_crashed(db)
+    report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
+
+    assert report.outcome == "Successful"
+    assert_converged(db, original)
+
+
+@proves(
+    fault="SIGKILL after the secret was committed; nobody reports the run as crashed",
+    where="the flow's process; its Lease is no longer renewed",
+    outcome="a next run is refused while the lease is fresh, then takes the lapsed lock over and finishes",
+)
+def test_the_lock_of_a_killed_run_lapses_and_the_next_run_takes_over(make_database: DatabaseFactory) -> None:
+    db = make_database(replicas=3)
+    original = db.secret_data()["password"]
+
+    run_until_killed(db, "commit-secret")
+    lease = lock_of(db)
+    assert lease is not None and is_paused(db)
+    if expires_at(lease) > dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1):
+        with pytest.raises(RotationInProgress, match="already being rotated"):
+            rotate_mssql_auth(namespace=db.namespace, database=db.name)
+    db.sandbox.wait_for(
+        lambda: expires_at(lock_of(db)) < dt.datetime.now(dt.UTC),
+        "the killed run's lease to lapse",
+    )
+    report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
+
+    assert report.conditions[-1].message.startswith(
+        "Finished the rotation interrupted in run prefect-flow-run/"
+    )
+    assert_converged(db, original)

@@ -9,13 +9,10 @@ Nothing else of Kubernetes runs: the emulated controllers in ``sandbox.kubelet``
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import tempfile
 import time
 import urllib.error
@@ -27,6 +24,7 @@ import yaml
 
 from sandbox.binaries import ensure_binaries
 from sandbox.pki import Pki, write_pki
+from sandbox.processes import ProcessExited, ProcessGroup
 
 ADMIN_USER = "sandbox-admin"
 READY_TIMEOUT_S = 60.0
@@ -68,8 +66,10 @@ class ControlPlane:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mssql-sandbox-")))
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     api_port: int = 0
-    _processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     _pki: Pki | None = None
+
+    def __post_init__(self) -> None:
+        self._processes = ProcessGroup(self.workdir)
 
     @property
     def server(self) -> str:
@@ -96,17 +96,10 @@ class ControlPlane:
             raise
         self.write_kubeconfig(self.kubeconfig, user=ADMIN_USER, token=self.admin_token)
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        log = (self.workdir / f"{name}.log").open("wb")
-        # A new session so Ctrl-C in a terminal reaches only us; we stop the children ourselves.
-        self._processes.append(
-            (name, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        )
-
     def _start_etcd(self, etcd: Path) -> str:
         client, peer = free_port(), free_port()
         url = f"http://127.0.0.1:{client}"
-        self._spawn(
+        self._processes.spawn(
             "etcd",
             [
                 str(etcd),
@@ -127,7 +120,7 @@ class ControlPlane:
         tokens.write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
         tokens.chmod(0o600)
         self.api_port = free_port()
-        self._spawn(
+        self._processes.spawn(
             "kube-apiserver",
             [
                 str(apiserver),
@@ -160,11 +153,10 @@ class ControlPlane:
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            for name, proc in self._processes:
-                if proc.poll() is not None:
-                    raise ControlPlaneError(
-                        f"{name} exited with {proc.returncode}; its log is in {self.workdir}"
-                    )
+            try:
+                self._processes.check_alive()
+            except ProcessExited as exc:
+                raise ControlPlaneError(str(exc)) from None
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(request, context=context, timeout=2) as reply,  # noqa: S310
@@ -182,14 +174,5 @@ class ControlPlane:
         )
 
     def stop(self) -> None:
-        for _, proc in reversed(self._processes):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc in reversed(self._processes):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self._processes.clear()
+        self._processes.stop(timeout=10)
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.controlplane import free_port
+from sandbox.processes import ProcessGroup
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 LOCAL_POOL = "mssql-auth-rotation-local"
@@ -38,7 +38,9 @@ class StackError(RuntimeError):
 class PrefectStack:
     home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mssql-rotation-prefect-")))
     port: int = 0
-    _processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._processes = ProcessGroup(self.home)
 
     @property
     def api_url(self) -> str:
@@ -62,25 +64,16 @@ class PrefectStack:
         return env
 
     # -- processes ---------------------------------------------------------------------------
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (self.home / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            argv, cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self._processes.append((name, proc))
-        return proc
-
     def start_server(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         env = self.env()
         env.pop("PREFECT_API_URL")  # the server itself has no API to talk to
-        self._spawn(
-            "server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)], env
-        )
+        argv = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        self._processes.spawn("server", argv, env=env, cwd=PROJECT_DIR)
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         while time.monotonic() < deadline:
-            self._check_alive()
+            self._processes.check_alive()
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as reply,  # noqa: S310
@@ -95,24 +88,12 @@ class PrefectStack:
     def start_worker(self, kubeconfig: Path, pool: str = LOCAL_POOL) -> None:
         """A process worker; its flow runs use the sandbox's kubeconfig."""
         env = self.env(KUBECONFIG=str(kubeconfig), PREFECT_WORKER_QUERY_SECONDS="1")
-        self._spawn("worker", [PREFECT, "worker", "start", "--pool", pool, "--limit", "4"], env)
-
-    def _check_alive(self) -> None:
-        for name, proc in self._processes:
-            if proc.poll() is not None:
-                raise StackError(f"{name} exited with {proc.returncode}; see {self.home}/{name}.log")
+        self._processes.spawn(
+            "worker", [PREFECT, "worker", "start", "--pool", pool, "--limit", "4"], env=env, cwd=PROJECT_DIR
+        )
 
     def stop(self, *, keep_home: bool = False) -> None:
-        for _, proc in reversed(self._processes):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _, proc in reversed(self._processes):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self._processes.clear()
+        self._processes.stop()
         if not keep_home:
             shutil.rmtree(self.home, ignore_errors=True)
 

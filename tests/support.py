@@ -58,3 +58,27 @@ def create_basic_auth_secret(db: Database, name: str, username: str, password: s
             },
         ),
     )
+
+
+def assert_rotated(db: Database, original: str) -> None:
+    """The end state of every successful rotation (and of a finished interrupted one)."""
+    secret = db.secret_data()
+    assert secret["password.prev"] == original, "password.prev must hold the original password"
+    assert "password.next" not in secret and "username.next" not in secret
+    for pod in db.pods:
+        assert logs_in(db, pod, secret["password"]), pod
+        assert not logs_in(db, pod, original), pod
+    assert db.sandbox.pods_ready(db.namespace, db.name)
+    assert not is_paused(db)
+    assert db.sandbox.coordination_leases(db.namespace) == []
+
+
+def assert_untouched(db: Database, original: str) -> None:
+    """The end state of a refused or rolled-back rotation: as if it had never run."""
+    assert terminated_pods(db) == []
+    for pod in db.pods:
+        assert logs_in(db, pod, original), pod
+    secret = db.secret_data()
+    assert secret["password"] == original and "password.next" not in secret
+    assert not is_paused(db)
+    assert db.sandbox.coordination_leases(db.namespace) == []

@@ -23,7 +23,7 @@ from sandbox.cluster import Database, Sandbox
 from sandbox.faultproxy import FaultProxy
 from tests.e2e.conftest import DatabaseFactory
 from tests.fault_matrix import proves
-from tests.support import is_paused, logs_in, terminated_pods
+from tests.support import assert_rotated, is_paused, logs_in, terminated_pods
 
 URLLIB3_DEFAULT_RETRIES = 3  # urllib3's Retry.DEFAULT, which the kubernetes client keeps
 
@@ -66,15 +66,9 @@ def proxy(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         running.stop()
 
 
-def assert_rotated(db: Database, old: str, report: RotationReport) -> None:
-    secret = db.secret_data()
+def assert_completed(db: Database, old: str, report: RotationReport) -> None:
     assert report.outcome == "Successful"
-    assert secret["password"] != old and secret["password.prev"] == old
-    assert "password.next" not in secret
-    for pod in db.pods:
-        assert logs_in(db, pod, secret["password"]), pod
-        assert not logs_in(db, pod, old), pod
-    assert not is_paused(db)
+    assert_rotated(db, old)
 
 
 @proves(
@@ -92,7 +86,7 @@ def test_a_503_on_staging_the_new_password_is_retried_and_the_rotation_completes
 
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
-    assert_rotated(db, old, report)
+    assert_completed(db, old, report)
     assert retries.of("stage-new-password") == 2
     assert proxy.hits("PUT", secret_put) > 2
 
@@ -113,7 +107,7 @@ def test_a_conflict_on_pausing_the_database_is_retried_and_the_rotation_complete
 
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
-    assert_rotated(db, old, report)
+    assert_completed(db, old, report)
     assert retries.of("pause-database") == 1
     assert proxy.hits("PATCH", status_patch) > 1
 
@@ -134,9 +128,33 @@ def test_a_500_on_evicting_a_pod_is_retried_and_the_rotation_completes(
 
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
-    assert_rotated(db, old, report)
+    assert_completed(db, old, report)
     assert retries.of("evict-pod") == 1
     assert proxy.hits("POST", eviction) == 2
+    assert terminated_pods(db) == [first, f"{db.name}-2", f"{db.name}-0"]
+
+
+@proves(
+    fault="evictions refused with 429 Too Many Requests over and over (a disruption budget)",
+    where="Kubernetes API: every eviction of the first secondary pod",
+    outcome="asked again every second for half the timeout, then the pod is deleted instead; "
+    "the rotation completes",
+)
+def test_an_eviction_refused_for_too_long_falls_back_to_deleting_the_pod(
+    make_database: DatabaseFactory, proxy: FaultProxy, retries: PrefectRetries
+) -> None:
+    db = make_database(replicas=3)
+    old = db.secret_data()["password"]
+    first = f"{db.name}-1"
+    eviction = f"/namespaces/{db.namespace}/pods/{first}/eviction$"
+    proxy.add_fault("POST", eviction, times=1000, status=429)
+
+    report = rotate_mssql_auth(namespace=db.namespace, database=db.name, timeout="4s")
+
+    assert_completed(db, old, report)
+    assert proxy.hits("POST", eviction) >= 2  # asked again while refused
+    assert proxy.hits("DELETE", f"/namespaces/{db.namespace}/pods/{first}$") == 1
+    assert retries.of("evict-pod") == 0  # a refused eviction is an answer, not an error
     assert terminated_pods(db) == [first, f"{db.name}-2", f"{db.name}-0"]
 
 
@@ -155,7 +173,7 @@ def test_a_dropped_connection_on_reading_the_database_is_resent_and_the_rotation
 
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
-    assert_rotated(db, old, report)
+    assert_completed(db, old, report)
     assert proxy.hits("GET", read) > 1
     # One drop on a GET never reaches the flow: urllib3 re-sent the read at once.
     assert retries.of("inspect-database") == 0
@@ -177,7 +195,7 @@ def test_dropped_connections_beyond_the_clients_own_retries_are_retried_by_the_t
 
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
-    assert_rotated(db, old, report)
+    assert_completed(db, old, report)
     assert retries.of("inspect-database") == 1
     assert proxy.hits("GET", read) > drops
 
@@ -197,7 +215,7 @@ def test_slow_pod_lists_and_watches_only_slow_the_rotation_down(
 
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
-    assert_rotated(db, old, report)
+    assert_completed(db, old, report)
     assert proxy.hits("GET", pods) >= 5  # every delay was served
     assert retries.tasks == []  # a slow answer is not a failure
 

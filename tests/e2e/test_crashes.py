@@ -28,7 +28,7 @@ from tasks.lock import expires_at
 from tests.e2e.conftest import DatabaseFactory
 from tests.e2e.crash_driver import POINTS
 from tests.fault_matrix import proves
-from tests.support import is_paused, logs_in
+from tests.support import assert_rotated, is_paused
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CHILD_LEASE_SECONDS = "3"  # the killed run's lock lapses this long after its last renewal
@@ -70,18 +70,6 @@ def report_the_dead_run_as_crashed(db: Database) -> None:
         )
 
 
-def assert_converged(db: Database, original: str) -> None:
-    secret = db.secret_data()
-    assert secret["password.prev"] == original
-    assert "password.next" not in secret and "username.next" not in secret
-    for pod in db.pods:
-        assert logs_in(db, pod, secret["password"]), pod
-        assert not logs_in(db, pod, original), pod
-    assert db.sandbox.pods_ready(db.namespace, db.name)
-    assert not is_paused(db)
-    assert db.sandbox.coordination_leases(db.namespace) == []
-
-
 @proves(
     fault="SIGKILL of the flow process right after each of its 12 steps, or between two replicas' "
     "ALTER LOGIN",
@@ -101,7 +89,7 @@ def test_a_rotation_killed_at_any_point_is_finished_by_the_next_run(
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
     assert report.outcome == "Successful"
-    assert_converged(db, original)
+    assert_rotated(db, original)
 
 
 @proves(
@@ -128,4 +116,4 @@ def test_the_lock_of_a_killed_run_lapses_and_the_next_run_takes_over(make_databa
     assert report.conditions[-1].message.startswith(
         "Finished the rotation interrupted in run prefect-flow-run/"
     )
-    assert_converged(db, original)
+    assert_rotated(db, original)

@@ -14,10 +14,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from sandbox.cluster import Database, Sandbox
+from sandbox.cluster import Sandbox
 from sandbox.prefect_stack import K8S_POOL, LOCAL_POOL, PrefectStack
 from tests.e2e.conftest import DatabaseFactory
-from tests.support import is_paused, logs_in
+from tests.support import assert_rotated, is_paused, logs_in
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 RUN_TIMEOUT_S = 120.0
@@ -51,15 +51,6 @@ def wait_for_runs(stack: PrefectStack, run_ids: list[str]) -> dict[str, dict[str
                 f"runs not finished after {RUN_TIMEOUT_S:.0f}s: {[r['state_type'] for r in runs.values()]}"
             )
         time.sleep(0.5)
-
-
-def assert_rotated(db: Database, old: str) -> None:
-    secret = db.secret_data()
-    assert secret["password"] != old and secret["password.prev"] == old
-    assert "password.next" not in secret
-    for pod in db.pods:
-        assert logs_in(db, pod, secret["password"]) and not logs_in(db, pod, old), pod
-    assert not is_paused(db)
 
 
 def test_prefect_deploy_registers_the_scheduled_manual_and_in_cluster_deployments(

@@ -10,29 +10,9 @@ import pytest
 
 from flows.rotate_auth import rotate_mssql_auth
 from rotation.errors import StepTimeout, VerificationFailed
-from sandbox.cluster import Database
 from tests.e2e.conftest import DatabaseFactory
 from tests.fault_matrix import proves
-from tests.support import event_reasons, is_paused, logs_in, terminated_pods
-
-
-def assert_rotated(db: Database, original: str) -> None:
-    secret = db.secret_data()
-    assert secret["password.prev"] == original and "password.next" not in secret
-    for pod in db.pods:
-        assert logs_in(db, pod, secret["password"]) and not logs_in(db, pod, original), pod
-    assert not is_paused(db)
-
-
-def assert_untouched(db: Database, original: str) -> None:
-    """The old password still works everywhere, no pod was restarted, nothing staged, resumed."""
-    assert terminated_pods(db) == []
-    for pod in db.pods:
-        assert logs_in(db, pod, original), pod
-    secret = db.secret_data()
-    assert secret["password"] == original and "password.next" not in secret
-    assert not is_paused(db)
-    assert db.sandbox.coordination_leases(db.namespace) == []
+from tests.support import assert_rotated, assert_untouched, event_reasons, is_paused
 
 
 @proves(

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from rotation import constants as c
+from rotation.errors import RotationError
 from rotation.params import (
     Apply,
     ApplyPolicy,
@@ -91,9 +92,9 @@ def rotate_mssql_auth(
 
 
 def _rotate(target: Target, user_secret: str | None, step: Step, holder: str) -> str:
-    with step("DatabasePauseSucceeded", "Successfully paused database"):
-        pause_database(target, holder)
     try:
+        with step("DatabasePauseSucceeded", "Successfully paused database"):
+            pause_database(target, holder)
         if target.stage is Stage.RESUME_ONLY:
             return target.auth_secret  # the interrupted run had finished all but resuming
         with step("UpdateCredential", "Updated the credentials on every replica and in the secret"):
@@ -144,10 +145,21 @@ def _update_credentials(target: Target, user_secret: str | None, holder: str) ->
     try:
         set_password_on_replicas(target)
         verify_logins(target)
-    except Exception:
-        roll_back_password(target)
+    except Exception as failure:
+        _roll_back(target, failure)
         raise
     return commit_secret(target, source, holder)
+
+
+def _roll_back(target: Target, failure: Exception) -> None:
+    """Put the old password back; if even that fails, say how the next run recovers."""
+    try:
+        roll_back_password(target)
+    except Exception as exc:
+        raise RotationError(
+            f"{failure} — and the rollback failed too ({exc}). The new password stays staged in Secret "
+            f"{target.namespace}/{target.auth_secret} (password.next); run the rotation again to finish it"
+        ) from failure
 
 
 def _report(

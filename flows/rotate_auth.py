@@ -109,7 +109,7 @@ def _rotate(target: Target, user_secret: str | None, step: Step, holder: str) ->
         with step("RestartNodes", "Successfully restarted all nodes"):
             check_rotation(target, secret_in_use)
     finally:
-        resume_database(target)
+        resume_database(target, holder)
     return secret_in_use
 
 

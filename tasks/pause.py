@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 
 from rotation import constants as c
 from rotation.kube import Kube, now_rfc3339
-from rotation.plan import Target, active_pause, is_our_pause, pause_holder, pause_message
+from rotation.plan import Target, active_pause, pause_holder, pause_message
 from tasks._policy import RETRYING
 
 
@@ -47,16 +47,16 @@ def pause_database(target: Target, run_id: str) -> None:
 
 
 @task(name="resume-database", **RETRYING)
-def resume_database(target: Target) -> None:
-    """Remove our Paused condition, never one that belongs to another operation."""
+def resume_database(target: Target, run_id: str) -> None:
+    """Remove this run's Paused condition, never one that belongs to another run or operation."""
     kube = Kube(target.namespace)
     db = kube.get_database(target.database)
     conditions = _conditions(db)
-    if not any(is_our_pause(cond) for cond in conditions):
+    if not any(pause_holder(cond) == run_id for cond in conditions):
         return
     ref = f"{target.namespace}/{target.database}"
     kube.record_event(db, "ResumeDatabase", f"Resuming MSSQLServer database: {ref}")
-    remaining = [cond for cond in conditions if not is_our_pause(cond)]
+    remaining = [cond for cond in conditions if pause_holder(cond) != run_id]
     db = kube.patch_database_status(
         target.database, {"conditions": remaining}, db["metadata"]["resourceVersion"]
     )

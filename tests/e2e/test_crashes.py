@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -116,4 +117,45 @@ def test_the_lock_of_a_killed_run_lapses_and_the_next_run_takes_over(make_databa
     assert report.conditions[-1].message.startswith(
         "Finished the rotation interrupted in run prefect-flow-run/"
     )
+    assert_rotated(db, original)
+
+
+@proves(
+    fault="the run's lock is taken over by another holder while the run is still working",
+    where="the Lease, replaced mid-rotation (as a run that wrongly judged this one dead would)",
+    outcome="the run notices at its next renewal and stops before its next step with 'lost its lock'; "
+    "the database is resumed; a later run converges",
+)
+def test_a_run_that_loses_its_lock_stops_before_its_next_step(
+    make_database: DatabaseFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MSSQL_AUTH_ROTATION_LEASE_SECONDS", "3")  # renewed every second
+    db = make_database(replicas=3)
+    original = db.secret_data()["password"]
+    for pod in db.pods:  # slow SQL replies keep the rotation busy for several renewals
+        db.instance(pod).faults.reply_delay = 0.1
+    failures: list[BaseException] = []
+
+    def rotate() -> None:
+        try:
+            rotate_mssql_auth(namespace=db.namespace, database=db.name)
+        except BaseException as exc:
+            failures.append(exc)
+
+    runner = threading.Thread(target=rotate)
+    runner.start()
+    db.sandbox.wait_for(lambda: lock_of(db) is not None, "the run to take its lock")
+    leases = client.CoordinationV1Api(db.sandbox.api)
+    lease = lock_of(db)
+    assert lease is not None
+    lease.spec.holder_identity = "someone-else"
+    leases.replace_namespaced_lease(lease.metadata.name, db.namespace, lease)
+    runner.join(timeout=120)
+
+    assert len(failures) == 1 and "lost its lock (now held by someone-else)" in str(failures[0])
+    assert not is_paused(db)
+    for pod in db.pods:
+        db.instance(pod).faults.reply_delay = 0
+    leases.delete_namespaced_lease(lease.metadata.name, db.namespace)
+    rotate_mssql_auth(namespace=db.namespace, database=db.name)
     assert_rotated(db, original)

@@ -88,6 +88,12 @@ def api_client() -> client.ApiClient:
     return _api_client(os.environ.get("KUBECONFIG"))
 
 
+def pod_is_ready(pod: client.V1Pod) -> bool:
+    """The kubelet's Ready condition (for a KubeDB pod: its SQL Server and coordinator are healthy)."""
+    conditions = (pod.status.conditions if pod.status else None) or []
+    return any(cond.type == "Ready" and cond.status == "True" for cond in conditions)
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

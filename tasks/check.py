@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from rotation import constants as c
 from rotation.credentials import finished, read_credentials
 from rotation.errors import PermanentError, TransientError
-from rotation.kube import Kube
+from rotation.kube import Kube, pod_is_ready
 from rotation.plan import Endpoint, Target, role_of
 from rotation.sqlserver import accepts
 from tasks._policy import RETRYING
@@ -28,7 +28,7 @@ def check_rotation(target: Target, auth_secret: str) -> None:
     primaries = 0
     for pod in pods:
         name = pod.metadata.name
-        if not any(cond.type == "Ready" and cond.status == "True" for cond in (pod.status.conditions or [])):
+        if not pod_is_ready(pod):
             problems.append(f"pod {name} is not Ready")
             continue
         primaries += role_of(pod.metadata.labels or {}, len(target.replicas)) == c.ROLE_PRIMARY

@@ -72,8 +72,8 @@ def update_petsets(target: Target, auth_secret: str) -> None:
                 changed = True
     if changed:
         kube.replace_petset(petset)
-    holder = read_credentials(kube, auth_secret, purpose=PURPOSE)
-    previous = holder.annotations.get(c.ANNOTATION_RESTART_PENDING, "")
+    in_use = read_credentials(kube, auth_secret, purpose=PURPOSE)
+    previous = in_use.annotations.get(c.ANNOTATION_RESTART_PENDING, "")
     if previous and previous != auth_secret:
         old = read_credentials(kube, previous, purpose="the previous auth secret")
         if old.next is not None:

@@ -12,17 +12,13 @@ from prefect import get_run_logger, task
 
 from rotation.credentials import read_credentials
 from rotation.errors import StepTimeout, TransientError
-from rotation.kube import Kube
+from rotation.kube import Kube, pod_is_ready
 from rotation.plan import Endpoint, Replica, Target
 from rotation.sqlserver import accepts
 from tasks._policy import RETRYING
 
 EVICTION_RETRY_S: Final = 1.0  # how often a refused eviction (429) is asked again
 EVICTION_PATIENCE: Final = 0.5  # share of the timeout spent on refused evictions before deleting
-
-
-def _is_ready(pod: client.V1Pod) -> bool:
-    return any(cond.type == "Ready" and cond.status == "True" for cond in (pod.status.conditions or []))
 
 
 @task(name="evict-pod", **RETRYING)
@@ -54,7 +50,7 @@ def wait_pod_ready(target: Target, replica: Replica) -> Replica:
             and pod.metadata.uid != replica.uid
             and not pod.metadata.deletion_timestamp
             and bool(pod.status and pod.status.pod_ip)
-            and _is_ready(pod)
+            and pod_is_ready(pod)
         )
 
     try:
@@ -67,7 +63,7 @@ def wait_pod_ready(target: Target, replica: Replica) -> Replica:
             "is healthy, run the rotation again to finish the restarts (it does so even if the database "
             "is not Ready)"
         ) from None
-    creds = read_credentials(kube, _holder(kube, target), purpose="the database's auth secret")
+    creds = read_credentials(kube, _auth_secret_in_use(kube, target), purpose="the database's auth secret")
     restarted = Replica(pod=replica.pod, host=pod.status.pod_ip, uid=pod.metadata.uid, role=replica.role)
     if not accepts(Endpoint(restarted.pod, restarted.host, target.sql_port), creds.username, creds.current):
         raise TransientError(f"restarted pod {replica.pod} does not accept the new password yet")
@@ -78,6 +74,6 @@ def wait_pod_ready(target: Target, replica: Replica) -> Replica:
     return restarted
 
 
-def _holder(kube: Kube, target: Target) -> str:
+def _auth_secret_in_use(kube: Kube, target: Target) -> str:
     db = kube.get_database(target.database)
     return str((db["spec"].get("authSecret") or {}).get("name") or target.auth_secret)

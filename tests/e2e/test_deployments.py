@@ -182,3 +182,20 @@ def test_two_runs_of_the_same_database_started_at_once_never_corrupt_it(
         assert logs_in(db, pod, secret["password"]) and not logs_in(db, pod, original)
     assert not is_paused(db)
     assert db.sandbox.coordination_leases(db.namespace) == []
+
+
+def test_runs_on_the_worker_leave_no_password_in_the_servers_logs_runs_or_artifacts(
+    stack: PrefectStack, sandbox: Sandbox
+) -> None:
+    """The session-wide leak check reads the test harness's server; this one reads the stack's."""
+    texts: list[str] = []
+    while page := stack.api("POST", "/logs/filter", {"limit": 200, "offset": len(texts)}):
+        texts += [log["message"] for log in page]
+    texts += [
+        repr(run["parameters"]) + str(run["state"]) for run in stack.api("POST", "/flow_runs/filter", {})
+    ]
+    texts += [str(artifact["data"]) for artifact in stack.api("POST", "/artifacts/filter", {})]
+    passwords = sandbox.known_passwords()
+
+    assert len(texts) > 20 and passwords
+    assert not [text for text in texts for password in passwords if password in text]

@@ -65,29 +65,24 @@ class ConditionLog:
     def step(self, type_: str, message: str) -> Iterator[None]:
         """Time the block; on failure record the condition as False with the error's message."""
         started_at, start = datetime.now(UTC), self._clock()
-        try:
-            yield
-        except BaseException as exc:
-            failure = str(exc) if isinstance(exc, RotationError) else f"{type(exc).__name__}: {exc}"
+
+        def record(status: str, text: str) -> None:
             self.conditions.append(
                 Condition(
                     type=type_,
-                    status="False",
-                    message=failure,
+                    status=status,
+                    message=text,
                     started_at=started_at,
                     seconds=self._clock() - start,
                 )
             )
+
+        try:
+            yield
+        except BaseException as exc:
+            record("False", str(exc) if isinstance(exc, RotationError) else f"{type(exc).__name__}: {exc}")
             raise
-        self.conditions.append(
-            Condition(
-                type=type_,
-                status="True",
-                message=message,
-                started_at=started_at,
-                seconds=self._clock() - start,
-            )
-        )
+        record("True", message)
 
     def types(self) -> list[str]:
         return [cond.type for cond in self.conditions]

@@ -3,6 +3,7 @@ and Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,38 @@ def test_sandbox_up_serves_kubectl_and_stops_everything_on_ctrl_c() -> None:
             proc.wait()
     assert not accepts_connections(port), "kube-apiserver is still running after Ctrl-C"
     assert not kubeconfig.exists(), "the sandbox's temporary folder was not removed"
+
+
+def test_sandbox_stack_serves_the_prefect_ui_with_the_deployments_and_stops_everything_on_ctrl_c() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        ui_port = int(sock.getsockname()[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "stack", "--port", str(ui_port), "--replicas", "1"],
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = read_until(proc, "Press Ctrl-C")
+        assert f"Prefect UI:   http://127.0.0.1:{ui_port}" in output
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ui_port}/api/deployments/filter",
+            data=b"{}",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
+            names = {deployment["name"] for deployment in json.loads(reply.read())}
+        assert names == {"scheduled", "manual", "in-cluster"}
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not accepts_connections(ui_port), "the Prefect server is still running after Ctrl-C"

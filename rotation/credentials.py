@@ -41,6 +41,11 @@ def read_credentials(kube: Kube, secret_name: str, *, purpose: str) -> Credentia
     secret = kube.read_secret(secret_name)
     if secret is None:
         raise InvalidRequest(f"{where} does not exist: create it or fix the name")
+    return credentials_from(secret, where=where)
+
+
+def credentials_from(secret: client.V1Secret, *, where: str) -> Credentials:
+    """Validate a basic-auth Secret and wrap its values (pure; ``where`` names it in errors)."""
     if secret.type != c.SECRET_TYPE_BASIC_AUTH:
         raise InvalidRequest(f"{where} has type {secret.type!r}; it must be {c.SECRET_TYPE_BASIC_AUTH}")
     data = decode_secret_data(secret.data)

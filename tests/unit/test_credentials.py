@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 from kubernetes import client
 
 from rotation import constants as c
-from rotation.credentials import Credentials, committed, finished, staged, unstaged
+from rotation.credentials import Credentials, committed, credentials_from, finished, staged, unstaged
+from rotation.errors import InvalidRequest
 from rotation.passwords import Password
 
 OLD = "Old-Pass-1'ß"
@@ -42,17 +44,7 @@ def _creds(
         ),
         data={key: _b64(value) for key, value in data.items()},
     )
-
-    def optional(key: str) -> Password | None:
-        return Password(data[key]) if data.get(key) else None
-
-    return Credentials(
-        secret=secret,
-        username=username,
-        current=Password(data[c.KEY_PASSWORD]),
-        next=optional(c.KEY_PASSWORD_NEXT),
-        previous=optional(c.KEY_PASSWORD_PREV),
-    )
+    return credentials_from(secret, where="Secret demo/mssql-auth (test)")
 
 
 # --- Credentials ---------------------------------------------------------------------------------
@@ -266,3 +258,37 @@ def test_no_transition_changes_the_username(transition: str) -> None:
         "finished": lambda: finished(creds),
     }[transition]()
     assert _plain(secret)[c.KEY_USERNAME] == "app_user"
+
+
+# --- validation of a Secret ----------------------------------------------------------------------
+def _secret(type_: str = c.SECRET_TYPE_BASIC_AUTH, **data: str) -> client.V1Secret:
+    return client.V1Secret(
+        type=type_,
+        metadata=client.V1ObjectMeta(name="s"),
+        data={key.replace("_", "."): _b64(value) for key, value in data.items()},
+    )
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        (
+            _secret("Opaque", username="sa", password=OLD),
+            "has type 'Opaque'; it must be kubernetes.io/basic-auth",
+        ),
+        (_secret(password=OLD), "has no 'username' key"),
+        (_secret(username="sa"), "has no 'password' key"),
+        (_secret(username="sa", password=""), "has no 'password' key"),
+    ],
+)
+def test_an_unusable_secret_is_refused_naming_it_and_what_is_missing(
+    secret: client.V1Secret, message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(f"Secret x/s (why) {message}")):
+        credentials_from(secret, where="Secret x/s (why)")
+
+
+def test_a_valid_secret_yields_its_passwords_wrapped() -> None:
+    creds = credentials_from(_secret(username="sa", password=OLD, password_next=NEXT), where="w")
+    assert creds.username == "sa" and creds.current.reveal() == OLD
+    assert creds.next is not None and creds.next.reveal() == NEXT and creds.previous is None

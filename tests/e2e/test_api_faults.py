@@ -23,7 +23,7 @@ from sandbox.cluster import Database, Sandbox
 from sandbox.faultproxy import FaultProxy
 from tests.e2e.conftest import DatabaseFactory
 from tests.fault_matrix import proves
-from tests.support import assert_rotated, is_paused, logs_in, terminated_pods
+from tests.support import assert_rotated, assert_untouched, terminated_pods
 
 URLLIB3_DEFAULT_RETRIES = 3  # urllib3's Retry.DEFAULT, which the kubernetes client keeps
 
@@ -239,10 +239,4 @@ def test_a_forbidden_secret_update_is_not_retried_and_leaves_the_old_password_ev
 
     assert proxy.hits("PUT", secret_put) == 1
     assert retries.of("stage-new-password") == 0
-    assert not is_paused(db)
-    secret = db.secret_data()
-    assert secret["password"] == old and "password.next" not in secret
-    for pod in db.pods:
-        assert logs_in(db, pod, old), pod
-    assert terminated_pods(db) == []
-    assert sandbox.coordination_leases(db.namespace) == []
+    assert_untouched(db, old)

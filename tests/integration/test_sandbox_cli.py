@@ -36,6 +36,16 @@ def read_until(proc: subprocess.Popen[str], marker: str) -> str:
     pytest.fail(f"no {marker!r} within {STARTUP_TIMEOUT_S}s:\n{''.join(seen)}")
 
 
+def run_sandbox(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sandbox", *args],
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def accepts_connections(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
@@ -46,24 +56,7 @@ def accepts_connections(port: int) -> bool:
     shutil.which("kubectl") is None, reason="kubectl is missing (scripts/setup.sh installs it)"
 )
 def test_sandbox_up_serves_kubectl_and_stops_everything_on_ctrl_c() -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox",
-            "up",
-            "--namespace",
-            "cli",
-            "--database",
-            "cli-db",
-            "--replicas",
-            "1",
-        ],
-        cwd=PROJECT_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = run_sandbox("up", "--namespace", "cli", "--database", "cli-db", "--replicas", "1")
     try:
         output = read_until(proc, "press Ctrl-C")
         match = re.search(r"export KUBECONFIG=(\S+)", output)
@@ -95,13 +88,7 @@ def test_sandbox_stack_serves_the_prefect_ui_with_the_deployments_and_stops_ever
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         ui_port = int(sock.getsockname()[1])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "stack", "--port", str(ui_port), "--replicas", "1"],
-        cwd=PROJECT_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = run_sandbox("stack", "--port", str(ui_port), "--replicas", "1")
     try:
         output = read_until(proc, "Press Ctrl-C")
         assert f"Prefect UI:   http://127.0.0.1:{ui_port}" in output

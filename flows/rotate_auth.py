@@ -1,14 +1,13 @@
 """The ``rotate-mssql-auth`` flow: KubeDB's RotateAuth for an MSSQLServer, as Prefect tasks.
 
 Inspect → Lock → Pause → try: Stage → Set → Verify (the gate) → Commit → UpdatePetSets → restart each
-pod (secondaries first) → final check; finally: Resume and unlock. Every step lives in ``tasks/``;
-this file only composes them and keeps KubeDB's condition list for the report.
+pod (secondaries first, the current primary last) → final check; finally: Resume and unlock. Every
+step lives in ``tasks/``; this file only composes them and keeps KubeDB's condition list for the report.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -16,7 +15,6 @@ from contextlib import AbstractContextManager
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from rotation import constants as c
 from rotation.errors import RotationError
 from rotation.params import (
     Apply,
@@ -27,15 +25,15 @@ from rotation.params import (
     RotationRequest,
     Timeout,
 )
-from rotation.plan import Stage, Target, restart_order
-from rotation.report import ConditionLog, RotationReport
+from rotation.plan import Stage, Target
+from rotation.report import ConditionLog, RotationReport, StepName
 from tasks.check import check_rotation
 from tasks.commit import commit_secret, update_petsets
 from tasks.inspect import inspect_database
 from tasks.lock import LockKeeper, acquire_lock, lease_seconds, release_lock
 from tasks.pause import pause_database, resume_database
 from tasks.report import publish_report, record_failure
-from tasks.restart import evict_pod, wait_pod_ready
+from tasks.restart import check_pod_running, evict_pod, get_next_pod
 from tasks.rollback import roll_back_password
 from tasks.set_password import set_password_on_replicas
 from tasks.stage import stage_new_password
@@ -76,7 +74,7 @@ def rotate_mssql_auth(
     secret_in_use: str | None = None
     try:
         with conditions.step("RotateAuth", "Started the rotation of the database's credentials"):
-            target = inspect_database(request, _sql_port(), holder)
+            target = inspect_database(request, holder)
         acquire_lock(target, holder, lease_seconds())
         try:
             with LockKeeper(target, holder, lease_seconds()) as keeper:
@@ -100,12 +98,8 @@ def _rotate(target: Target, user_secret: str | None, step: Step, holder: str) ->
         with step("UpdateCredential", "Updated the credentials on every replica and in the secret"):
             secret_in_use = _update_credentials(target, user_secret, holder)
         with step("UpdatePetSets", "Successfully updated the PetSets"):
-            update_petsets(target, secret_in_use)
-        for replica in restart_order(target.replicas):
-            with step(f"EvictPod--{replica.pod}", f"Evicted pod {replica.pod}"):
-                evict_pod(target, replica)
-            with step(f"CheckPodReady--{replica.pod}", f"Pod {replica.pod} is Ready with the new password"):
-                wait_pod_ready(target, replica)
+            update_petsets(target, secret_in_use, holder)
+        _restart_pods(target, step, holder)
         with step("RestartNodes", "Successfully restarted all nodes"):
             check_rotation(target, secret_in_use)
     finally:
@@ -113,17 +107,31 @@ def _rotate(target: Target, user_secret: str | None, step: Step, holder: str) ->
     return secret_in_use
 
 
-Step = Callable[[str, str], AbstractContextManager[None]]
+def _restart_pods(target: Target, step: Step, holder: str) -> None:
+    """One pod at a time; the roles are read again before each, so the primary always goes last."""
+    pending = [replica.pod for replica in target.replicas]
+    while pending:
+        with step("GetPod", "Got the next pod to restart") as condition:
+            replica = get_next_pod(target, pending)
+            condition.type, condition.message = f"GetPod--{replica.pod}", f"Got pod {replica.pod}"
+        with step(f"EvictPod--{replica.pod}", f"Evicted pod {replica.pod}"):
+            evict_pod(target, replica, holder)
+        with step(f"CheckPodRunning--{replica.pod}", f"Pod {replica.pod} is running with the new password"):
+            check_pod_running(target, replica)
+        pending.remove(replica.pod)
+
+
+Step = Callable[[str, str], AbstractContextManager[StepName]]
 
 
 def _checked(conditions: ConditionLog, keeper: LockKeeper) -> Step:
     """A KubeDB condition around each step, which first makes sure this run still holds the lock."""
 
     @contextlib.contextmanager
-    def step(type_: str, message: str) -> Iterator[None]:
-        with conditions.step(type_, message):
+    def step(type_: str, message: str) -> Iterator[StepName]:
+        with conditions.step(type_, message) as name:
             keeper.check()
-            yield
+            yield name
 
     return step
 
@@ -189,10 +197,6 @@ def _best_effort(step: Callable[..., object], *args: object) -> None:
 def _holder_identity() -> str:
     run_id = flow_run.get_id()
     return f"prefect-flow-run/{run_id}" if run_id else f"local/{uuid.uuid4()}"
-
-
-def _sql_port() -> int:
-    return int(os.environ.get(c.SQL_PORT_ENV, c.DEFAULT_SQL_PORT))
 
 
 if __name__ == "__main__":

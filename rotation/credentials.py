@@ -45,9 +45,15 @@ def read_credentials(kube: Kube, secret_name: str, *, purpose: str) -> Credentia
 
 
 def credentials_from(secret: client.V1Secret, *, where: str) -> Credentials:
-    """Validate a basic-auth Secret and wrap its values (pure; ``where`` names it in errors)."""
-    if secret.type != c.SECRET_TYPE_BASIC_AUTH:
-        raise InvalidRequest(f"{where} has type {secret.type!r}; it must be {c.SECRET_TYPE_BASIC_AUTH}")
+    """Validate a credentials Secret and wrap its values (pure; ``where`` names it in errors).
+
+    Like KubeDB, a basic-auth or an Opaque Secret is accepted when its username and password are set.
+    """
+    if (secret.type or c.SECRET_TYPE_OPAQUE) not in (c.SECRET_TYPE_BASIC_AUTH, c.SECRET_TYPE_OPAQUE):
+        raise InvalidRequest(
+            f"{where} has type {secret.type!r}; it must be {c.SECRET_TYPE_BASIC_AUTH} "
+            f"(or {c.SECRET_TYPE_OPAQUE}) with the keys {c.KEY_USERNAME!r} and {c.KEY_PASSWORD!r}"
+        )
     data = decode_secret_data(secret.data)
     username = data.get(c.KEY_USERNAME, "")
     if not username:

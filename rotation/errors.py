@@ -37,3 +37,11 @@ class StepTimeout(PermanentError):
 
 def is_transient(exc: BaseException | None) -> bool:
     return isinstance(exc, TransientError)
+
+
+class DatabaseBusy(PermanentError):
+    """Another operation (a KubeDB ops request, a person) has paused the database or is working on it."""
+
+
+class PauseLost(PermanentError):
+    """This run's pause was removed mid-rotation (KubeDB removes every pause when an ops request ends)."""

@@ -10,10 +10,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import json
 import os
+import re
 import time
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Final, TypeVar
 
 import urllib3
 from kubernetes import client, config, watch
@@ -22,12 +26,18 @@ from kubernetes.config.config_exception import ConfigException
 
 from rotation import constants as c
 from rotation.errors import InvalidRequest, PermanentError, TransientError
+from rotation.plan import PodView
 
 REQUEST_TIMEOUT: Final = (5, 30)  # (connect, read) seconds for every call
 TRANSIENT_STATUS: Final = {409, 429, 500, 502, 503, 504}
 WATCH_RETRY_MIN_S: Final = 0.1
 WATCH_RETRY_MAX_S: Final = 2.0
+WATCH_WINDOW_MAX_S: Final = 30
 Json = dict[str, Any]
+T = TypeVar("T")
+# The API server's cause when an eviction would break a PodDisruptionBudget (a 429).
+DISRUPTION_BUDGET_CAUSE: Final = "DisruptionBudget"
+_BUDGET_NAME = re.compile(r"disruption budget (\S+)")
 
 
 def _api_error(exc: ApiException, action: str) -> Exception:
@@ -94,6 +104,33 @@ def pod_is_ready(pod: client.V1Pod) -> bool:
     return any(cond.type == "Ready" and cond.status == "True" for cond in conditions)
 
 
+def _sql_port(pod: client.V1Pod) -> int:
+    """The port the mssql container declares as ``db`` (KubeDB: 1433)."""
+    for container in pod.spec.containers if pod.spec else []:
+        if container.name == c.MSSQL_CONTAINER:
+            for port in container.ports or []:
+                if port.name == c.SQL_PORT_NAME and port.container_port:
+                    return int(port.container_port)
+    return c.DEFAULT_SQL_PORT
+
+
+def pod_view(pod: client.V1Pod) -> PodView:
+    meta = pod.metadata
+    owner = next(
+        (o.name for o in meta.owner_references or [] if o.kind == c.PETSET_KIND and o.controller), None
+    )
+    return PodView(
+        name=meta.name,
+        uid=meta.uid,
+        ip=(pod.status.pod_ip if pod.status else None) or None,
+        port=_sql_port(pod),
+        role_label=(meta.labels or {}).get(c.LABEL_ROLE, ""),
+        ready=pod_is_ready(pod),
+        terminating=meta.deletion_timestamp is not None,
+        owner=owner,
+    )
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -104,6 +141,40 @@ def decode_secret_data(data: dict[str, str] | None) -> dict[str, str]:
 
 def encode_secret_data(data: dict[str, str]) -> dict[str, str]:
     return {key: base64.b64encode(value.encode("utf-8")).decode("ascii") for key, value in data.items()}
+
+
+class Eviction(Enum):
+    """How the API server answered an eviction that it did not refuse."""
+
+    EVICTED = "evicted"
+    GONE = "gone"  # 404: the pod is already away
+    CONFLICT = "conflict"  # 409: e.g. the UID precondition failed because the pod was replaced
+
+
+@dataclass(frozen=True)
+class EvictionRefused:
+    """A 429: a PodDisruptionBudget (``budget`` names it) or the API server's own throttling."""
+
+    budget: str | None
+    message: str
+
+
+def _eviction_refusal(exc: ApiException) -> EvictionRefused:
+    try:
+        status = json.loads(exc.body or "{}")
+    except ValueError:
+        status = {}
+    causes = (status.get("details") or {}).get("causes") or []
+    for cause in causes:
+        # A StatusCause's type travels as "reason" in JSON.
+        if DISRUPTION_BUDGET_CAUSE in (cause.get("reason"), cause.get("type")):
+            message = str(cause.get("message", ""))
+            match = _BUDGET_NAME.search(message)
+            return EvictionRefused(match.group(1) if match else "(unnamed)", message)
+    message = str(status.get("message") or exc.reason or "Too Many Requests")
+    if "disruption budget" in message:  # a budget without a cause naming it: still never override it
+        return EvictionRefused("(unnamed)", message)
+    return EvictionRefused(None, message)
 
 
 class Kube:
@@ -160,6 +231,32 @@ class Kube:
             {"spec": {"authSecret": auth_secret}},
         )
 
+    def wait_for_database(self, name: str, done: Callable[[Json], bool], deadline: float) -> Json:
+        """Watch the MSSQLServer until ``done(db)`` holds; TimeoutError at ``deadline`` (monotonic)."""
+        where = self._where("MSSQLServer", name)
+        found: dict[str, Json] = self._watch_until(
+            where,
+            self.custom.list_namespaced_custom_object,
+            (c.DB_GROUP, c.DB_VERSION, self.namespace, c.DB_PLURAL),
+            lambda db: (str(db["metadata"]["name"]), dict(db)),
+            lambda items: name in items and done(items[name]),
+            deadline,
+            field_selector=f"metadata.name={name}",
+        )
+        return found[name]
+
+    # -- MSSQLServerOpsRequest ---------------------------------------------------------------
+    def list_ops_requests(self) -> list[Json]:
+        listing = call(
+            f"list the MSSQLServerOpsRequests of namespace {self.namespace}",
+            self.custom.list_namespaced_custom_object,
+            c.OPS_GROUP,
+            c.OPS_VERSION,
+            self.namespace,
+            c.OPS_PLURAL,
+        )
+        return list(listing.get("items") or [])
+
     # -- PetSet ------------------------------------------------------------------------------
     def get_petset(self, name: str) -> Json:
         return call(  # type: ignore[no-any-return]
@@ -208,38 +305,49 @@ class Kube:
         )
 
     # -- Pods --------------------------------------------------------------------------------
-    def list_database_pods(self, database: str) -> list[client.V1Pod]:
-        selector = f"{c.LABEL_NAME}={c.MSSQL_RESOURCE_NAME},{c.LABEL_INSTANCE}={database}"
+    def _database_selector(self, database: str) -> str:
+        return f"{c.LABEL_NAME}={c.MSSQL_RESOURCE_NAME},{c.LABEL_INSTANCE}={database}"
+
+    def list_database_pods(self, database: str) -> list[PodView]:
+        """Every pod with the database's labels (its replicas, and an arbiter if it has one)."""
         pods = call(
             f"list the pods of {self._where('MSSQLServer', database)}",
             self.core.list_namespaced_pod,
             self.namespace,
-            label_selector=selector,
+            label_selector=self._database_selector(database),
         ).items
-        return sorted(pods, key=lambda pod: pod.metadata.name)
+        return sorted((pod_view(pod) for pod in pods), key=lambda pod: pod.name)
 
-    def read_pod(self, name: str) -> client.V1Pod | None:
-        return call(
+    def read_pod(self, name: str) -> PodView | None:
+        pod = call(
             f"read {self._where('Pod', name)}",
             self.core.read_namespaced_pod,
             name,
             self.namespace,
             answers={404: None},
         )
+        return None if pod is None else pod_view(pod)
 
-    def evict_pod(self, name: str) -> bool:
-        """Ask for an eviction. False when it is refused for now (429: a disruption budget)."""
+    def evict_pod(self, name: str, uid: str) -> Eviction | EvictionRefused:
+        """Ask for an eviction of exactly this pod (its UID is a precondition)."""
         # No apiVersion in the body: a 1.20 API server refuses policy/v1 with 400.
-        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=self.namespace))
-        result = call(
-            f"evict {self._where('Pod', name)}",
-            self.core.create_namespaced_pod_eviction,
-            name,
-            self.namespace,
-            body,
-            answers={404: True, 429: False},  # 404: already gone, the restart is under way
+        body = client.V1Eviction(
+            metadata=client.V1ObjectMeta(name=name, namespace=self.namespace),
+            delete_options=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
         )
-        return result is not False
+
+        def evict(**options: Any) -> Eviction | EvictionRefused:
+            try:
+                self.core.create_namespaced_pod_eviction(name, self.namespace, body, **options)
+            except ApiException as exc:
+                if exc.status == 429:
+                    return _eviction_refusal(exc)
+                if exc.status in (404, 409):
+                    return Eviction.GONE if exc.status == 404 else Eviction.CONFLICT
+                raise
+            return Eviction.EVICTED
+
+        return call(f"evict {self._where('Pod', name)}", evict)  # type: ignore[no-any-return]
 
     def delete_pod(self, name: str, uid: str) -> None:
         body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
@@ -252,49 +360,94 @@ class Kube:
             answers={404: None, 409: None},
         )  # gone, or already replaced by a new pod
 
-    def wait_for_pod(
-        self, name: str, done: Callable[[client.V1Pod | None], bool], deadline: float
-    ) -> client.V1Pod:
-        """Watch one pod until ``done(pod)`` holds; raises TimeoutError at ``deadline`` (monotonic).
+    def wait_for_pod(self, name: str, done: Callable[[PodView | None], bool], deadline: float) -> PodView:
+        """Watch one pod until ``done(pod)`` holds; raises TimeoutError at ``deadline`` (monotonic)."""
+        found = self._watch_until(
+            self._where("Pod", name),
+            self.core.list_namespaced_pod,
+            (self.namespace,),
+            lambda pod: (pod.metadata.name, pod_view(pod)),
+            lambda pods: done(pods.get(name)),
+            deadline,
+            field_selector=f"metadata.name={name}",
+        )
+        return found[name]
 
-        A watch that breaks is resumed after a growing pause (a refused permission is raised at once),
-        so a persistent fault cannot turn into a flood of requests.
+    def wait_for_database_pods(
+        self, database: str, done: Callable[[list[PodView]], bool], deadline: float
+    ) -> list[PodView]:
+        """Watch the database's pods until ``done(pods)`` holds (e.g. a primary is elected)."""
+        found = self._watch_until(
+            f"the pods of {self._where('MSSQLServer', database)}",
+            self.core.list_namespaced_pod,
+            (self.namespace,),
+            lambda pod: (pod.metadata.name, pod_view(pod)),
+            lambda pods: done(sorted(pods.values(), key=lambda pod: pod.name)),
+            deadline,
+            label_selector=self._database_selector(database),
+        )
+        return sorted(found.values(), key=lambda pod: pod.name)
+
+    def _watch_until(
+        self,
+        what: str,
+        list_fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        identify: Callable[[Any], tuple[str, T]],
+        done: Callable[[dict[str, T]], bool],
+        deadline: float,
+        **selectors: str,
+    ) -> dict[str, T]:
+        """List, then watch from the listed version, until ``done(objects by name)`` holds.
+
+        A watch that breaks, or ends much sooner than asked, is resumed after a growing pause (a
+        refused permission is raised at once), so a persistent fault cannot become a request flood.
+        Raises TimeoutError at ``deadline`` (monotonic).
         """
         pause = WATCH_RETRY_MIN_S
         while True:
-            pod = self.read_pod(name)
-            if pod is not None and done(pod):
-                return pod
+            listing = call(f"list {what}", functools.partial(list_fn, **selectors), *args)
+            items = dict(identify(item) for item in _items_of(listing))
+            if done(items):
+                return items
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(name)
-            window = max(1, int(min(remaining, 30)))
+                raise TimeoutError(what)
+            window = max(1, int(min(remaining, WATCH_WINDOW_MAX_S)))
+            started = time.monotonic()
             stream = watch.Watch().stream(
-                self.core.list_namespaced_pod,
-                self.namespace,
-                field_selector=f"metadata.name={name}",
-                resource_version=pod.metadata.resource_version if pod is not None else None,
+                list_fn,
+                *args,
+                resource_version=_version_of(listing),
                 timeout_seconds=window,
                 _request_timeout=(REQUEST_TIMEOUT[0], window + 5),
+                **selectors,
             )
             try:
                 for event in stream:
-                    if event["type"] in ("ERROR", "BOOKMARK"):
-                        break  # e.g. 410 Gone: re-read and watch again
-                    candidate = None if event["type"] == "DELETED" else event["object"]
-                    if candidate is not None and done(candidate):
-                        return candidate
+                    if event["type"] == "ERROR":
+                        break  # e.g. 410 Gone: list and watch again
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    name, view = identify(event["object"])
+                    if event["type"] == "DELETED":
+                        items.pop(name, None)
+                    else:
+                        items[name] = view
+                    if done(items):
+                        return items
                     if time.monotonic() >= deadline:
                         break
             except ApiException as exc:
                 if exc.status in (401, 403):
-                    raise _api_error(exc, f"watch {self._where('Pod', name)}") from None
+                    raise _api_error(exc, f"watch {what}") from None
             except (urllib3.exceptions.HTTPError, OSError):
                 pass
             else:
-                pause = WATCH_RETRY_MIN_S  # the watch ended normally (its window elapsed)
-                continue
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # back off, then re-read
+                if time.monotonic() - started >= window / 2:
+                    pause = WATCH_RETRY_MIN_S  # the watch ran its window: resume at once
+                    continue
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # back off, then list again
             pause = min(pause * 2, WATCH_RETRY_MAX_S)
 
     # -- Events ------------------------------------------------------------------------------
@@ -369,3 +522,13 @@ class Kube:
             body=body,
             answers={404: None, 409: None},
         )
+
+
+def _items_of(listing: Any) -> Iterable[Any]:
+    return listing.get("items") or [] if isinstance(listing, dict) else listing.items or []
+
+
+def _version_of(listing: Any) -> str:
+    if isinstance(listing, dict):
+        return str(listing["metadata"]["resourceVersion"])
+    return str(listing.metadata.resource_version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -23,14 +24,33 @@ class Stage(StrEnum):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where one replica's SQL Server listens: its pod's IP and the SQL port."""
+    """Where one replica's SQL Server listens: its pod's IP and the SQL port it declares."""
 
     pod: str
     host: str
     port: int
 
+    @property
+    def address(self) -> str:
+        """``host:port``; an IPv6 host in brackets (FreeTDS reads ``[ip]:port``, not ``ip`` + port)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def __str__(self) -> str:
-        return f"{self.pod} ({self.host}:{self.port})"
+        return f"{self.pod} ({self.address})"
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the rotation needs of a pod, read by the Kubernetes adapter (no client types here)."""
+
+    name: str
+    uid: str
+    ip: str | None
+    port: int  # the mssql container's port named "db"
+    role_label: str  # kubedb.com/role, "" when the coordinator has not set one
+    ready: bool
+    terminating: bool
+    owner: str | None  # name of the PetSet that controls it
 
 
 class Replica(BaseModel):
@@ -38,8 +58,13 @@ class Replica(BaseModel):
 
     pod: str
     host: str  # the pod's status.podIP
+    port: int
     uid: str
-    role: str  # primary or secondary
+    role: str  # primary, secondary, or "" while the coordinator elects a primary
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.pod, self.host, self.port)
 
 
 class Target(BaseModel):
@@ -55,7 +80,6 @@ class Target(BaseModel):
     topology: str  # Standalone or AvailabilityGroup
     replicas: tuple[Replica, ...]
     stage: Stage
-    sql_port: int
     timeout_seconds: float
     interrupted_run: str | None = None  # a run of ours that died and left the database paused
 
@@ -64,7 +88,7 @@ class Target(BaseModel):
         return f"{self.namespace}/{self.database}"
 
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(r.pod, r.host, self.sql_port) for r in self.replicas]
+        return [r.endpoint for r in self.replicas]
 
     @property
     def lock_name(self) -> str:
@@ -97,12 +121,28 @@ def is_our_pause(condition: dict[str, Any]) -> bool:
     )
 
 
-def active_pause(database: dict[str, Any]) -> dict[str, Any] | None:
-    """The MSSQLServer's Paused condition if it is True (whoever set it)."""
-    for condition in (database.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == c.CONDITION_PAUSED and condition.get("status") == "True":
-            return dict(condition)
-    return None
+def pauses(database: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MSSQLServer's Paused conditions that pause it: requested (Unknown) or acknowledged (True)."""
+    return [
+        dict(condition)
+        for condition in (database.get("status") or {}).get("conditions") or []
+        if condition.get("type") == c.CONDITION_PAUSED
+        and condition.get("status") in (c.PAUSE_REQUESTED, c.PAUSE_ACKNOWLEDGED)
+    ]
+
+
+def foreign_pause(database: dict[str, Any]) -> dict[str, Any] | None:
+    """A pause set by anyone but this project (KubeDB's ops-manager, a person): the database is busy."""
+    return next((p for p in pauses(database) if not is_our_pause(p)), None)
+
+
+def our_pause(database: dict[str, Any], holder: str) -> dict[str, Any] | None:
+    return next((p for p in pauses(database) if pause_holder(p) == holder), None)
+
+
+def describe_pause(condition: dict[str, Any]) -> str:
+    state = "requested" if condition.get("status") == c.PAUSE_REQUESTED else "in effect"
+    return f"{condition.get('message') or condition.get('reason') or 'no reason given'} ({state})"
 
 
 def pause_holder(condition: dict[str, Any]) -> str | None:
@@ -118,6 +158,76 @@ def role_of(labels: dict[str, str], replicas: int) -> str:
     return labels.get(c.LABEL_ROLE, "")
 
 
-def restart_order(replicas: tuple[Replica, ...]) -> list[Replica]:
-    """Secondaries first (by name), the primary last, so the primary fails over at most once."""
-    return sorted(replicas, key=lambda r: (r.role == c.ROLE_PRIMARY, r.pod))
+def replica_of(pod: PodView, replicas: int) -> Replica:
+    if pod.ip is None:
+        raise ValueError(f"pod {pod.name} has no IP yet")
+    role = pod.role_label or (c.ROLE_PRIMARY if replicas == 1 else "")
+    return Replica(pod=pod.name, host=pod.ip, port=pod.port, uid=pod.uid, role=role)
+
+
+def is_database_pod(pod: PodView, database: str) -> bool:
+    """A replica of the database: controlled by its PetSet ``<db>`` (an arbiter's PetSet is another)."""
+    return pod.owner == database
+
+
+def usable_replicas(
+    pods: Sequence[PodView], database: str, names: Sequence[str]
+) -> tuple[Replica, ...] | None:
+    """The replicas ``names`` as they are now, once every one runs; None while one is away."""
+    running = {p.name: p for p in pods if is_database_pod(p, database) and p.ip and not p.terminating}
+    if any(name not in running for name in names):
+        return None
+    return tuple(replica_of(running[name], len(names)) for name in names)
+
+
+def primaries(replicas: Sequence[Replica]) -> list[str]:
+    return [r.pod for r in replicas if r.role == c.ROLE_PRIMARY]
+
+
+def roles_settled(replicas: Sequence[Replica]) -> bool:
+    """Exactly one primary and every other replica a secondary: no election under way."""
+    return len(primaries(replicas)) == 1 and all(
+        r.role in (c.ROLE_PRIMARY, c.ROLE_SECONDARY) for r in replicas
+    )
+
+
+def next_to_restart(replicas: Sequence[Replica], pending: Collection[str]) -> Replica | None:
+    """Among the pods still to restart, as the roles are now: secondaries first (by name), the
+    primary last, so the primary fails over at most once. None when nothing is left."""
+    candidates = [r for r in replicas if r.pod in pending]
+    return min(candidates, key=lambda r: (r.role == c.ROLE_PRIMARY, r.pod), default=None)
+
+
+def active_ops_requests(
+    requests: Sequence[dict[str, Any]], database: str, own: str | None = None
+) -> list[str]:
+    """KubeDB ops requests of the database that run now or are about to, as ``name (Type, Phase)``.
+
+    ``own`` is the request this run carries out, if any (it is Progressing because of us).
+    """
+    active = []
+    for request in requests:
+        name = request.get("metadata", {}).get("name", "")
+        spec, status = request.get("spec") or {}, request.get("status") or {}
+        if (spec.get("databaseRef") or {}).get("name") != database or name == own:
+            continue
+        phase = status.get("phase") or ""
+        if phase in c.OPS_ACTIVE_PHASES:
+            active.append(f"{name} ({spec.get('type', '?')}, {phase or 'Pending'})")
+    return sorted(active)
+
+
+def unsupported_auth_secret(auth_secret: dict[str, Any]) -> str | None:
+    """Why a database's ``spec.authSecret`` is not this tool's to rotate, or None."""
+    if auth_secret.get("externallyManaged"):
+        return (
+            "its spec.authSecret is externallyManaged: the secret's owner (an external secret manager) "
+            "would put the old password back; rotate it there"
+        )
+    if (auth_secret.get("apiGroup") or "") == c.VIRTUAL_SECRETS_GROUP:
+        return (
+            f"its credentials are a {c.VIRTUAL_SECRETS_GROUP} virtual secret, kept in the external "
+            f"secret store {auth_secret.get('secretStoreName') or '(unnamed)'} that this tool cannot "
+            "write; rotate it in that store"
+        )
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
@@ -47,6 +48,14 @@ class RotationReport(BaseModel):
         return "\n".join(lines) + "\n"
 
 
+@dataclass
+class StepName:
+    """The condition a step records; a step may name it once it knows more (``GetPod--<pod>``)."""
+
+    type: str
+    message: str
+
+
 class ConditionLog:
     """Records KubeDB's conditions in order with their timings, like an ops request's status."""
 
@@ -62,14 +71,15 @@ class ConditionLog:
         )
 
     @contextlib.contextmanager
-    def step(self, type_: str, message: str) -> Iterator[None]:
+    def step(self, type_: str, message: str) -> Iterator[StepName]:
         """Time the block; on failure record the condition as False with the error's message."""
         started_at, start = datetime.now(UTC), self._clock()
+        name = StepName(type_, message)
 
         def record(status: str, text: str) -> None:
             self.conditions.append(
                 Condition(
-                    type=type_,
+                    type=name.type,
                     status=status,
                     message=text,
                     started_at=started_at,
@@ -78,11 +88,11 @@ class ConditionLog:
             )
 
         try:
-            yield
+            yield name
         except BaseException as exc:
             record("False", str(exc) if isinstance(exc, RotationError) else f"{type(exc).__name__}: {exc}")
             raise
-        record("True", message)
+        record("True", name.message)
 
     def types(self) -> list[str]:
         return [cond.type for cond in self.conditions]

@@ -82,8 +82,7 @@ def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[
     """A connection, or ``PermissionError`` when the server rejects these credentials."""
     try:
         conn = pymssql.connect(
-            server=endpoint.host,
-            port=str(endpoint.port),
+            server=endpoint.address,  # host:port, an IPv6 host in brackets (FreeTDS's own syntax)
             user=username,
             password=password.reveal(),
             database="master",

@@ -6,8 +6,11 @@ Used by ``python -m sandbox up``, the pytest fixtures and the demo alike.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import logging
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,27 +21,30 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from sandbox import kubedb_shapes as shapes
+from sandbox import podview
+from sandbox.addresses import AddressPlan
+from sandbox.barriers import BARRIER_NS, Barriers
 from sandbox.controlplane import ControlPlane
+from sandbox.coordinator import Coordinator
+from sandbox.disruption import DisruptionController
 from sandbox.faultproxy import FaultProxy
 from sandbox.fleet import PodKey, SqlFleet
 from sandbox.kubelet import PetSetKubelet
+from sandbox.ops_webhook import OpsWebhook
+from sandbox.pdb_api import PolicyV1beta1
 from sandbox.provisioner import Provisioner
+from sandbox.settings import Settings
 from sandbox.sqlserver import InstanceState
 from sandbox.timeline import Entry, Timeline
-from sandbox.watching import ResourceWatcher
+from sandbox.watching import Handler, ResourceWatcher
+
+log = logging.getLogger("sandbox")
 
 CRD_DIR = Path(__file__).with_name("crds")
-# Objects the sandbox writes to in order to know its controllers have caught up (see settle()).
-BARRIER_NS, BARRIER = "sandbox-system", "barrier"
 WAIT_TIMEOUT_S = 30.0
 TOKEN_LIFETIME_S = 3600  # minted service-account tokens; the API server's minimum is 600 s
 
-
-@dataclass
-class Settings:
-    pod_stop_delay: float = 0.2  # seconds between a pod's deletion and its container stopping
-    pod_start_delay: float = 0.3  # seconds between a pod's removal and its recreation
-    sql_port: int = 1433
+__all__ = ["Database", "Sandbox", "Settings"]
 
 
 @dataclass(frozen=True)
@@ -52,13 +58,24 @@ class Database:
 
     @property
     def pods(self) -> list[str]:
+        """The database's replica pods ``<db>-0..N-1`` (never the arbiter)."""
         return [f"{self.name}-{i}" for i in range(self.replicas)]
+
+    @property
+    def arbiter(self) -> str | None:
+        """The arbiter's pod (an AG with an even replica count has one), else None."""
+        return f"{shapes.arbiter_name(self.name)}-0" if shapes.has_arbiter(self.replicas) else None
 
     def instance(self, pod: str) -> InstanceState:
         return self.sandbox.fleet.volume(PodKey(self.namespace, pod))
 
     def ip(self, pod: str) -> str:
-        return self.sandbox.fleet.ip_of(PodKey(self.namespace, pod))
+        """The address the pod's current container listens on (its status.podIP)."""
+        return self.sandbox.fleet.address_of(PodKey(self.namespace, pod))[0]
+
+    def port(self, pod: str) -> int:
+        """The port the pod's current SQL Server listens on (1433 in IPv4 mode)."""
+        return self.sandbox.fleet.address_of(PodKey(self.namespace, pod))[1]
 
     def get(self) -> dict[str, Any]:
         return self.sandbox.custom.get_namespaced_custom_object(  # type: ignore[no-any-return]
@@ -76,15 +93,31 @@ class Database:
         return self.sandbox.timeline.entries(self.namespace)
 
 
+def _fan_out(*handlers: Handler) -> Handler:
+    """One watch feeding several controllers; one controller's failure does not starve the others."""
+
+    def handle(event: str, obj: dict[str, Any]) -> None:
+        for handler in handlers:
+            try:
+                handler(event, obj)
+            except Exception:
+                log.exception("%s failed on a %s event", getattr(handler, "__qualname__", handler), event)
+
+    return handle
+
+
 class Sandbox:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.control_plane = ControlPlane()
-        self.fleet = SqlFleet(self.settings.sql_port)
+        self.fleet = SqlFleet(AddressPlan(self.settings.ip_family, self.settings.sql_port))
         self.timeline = Timeline()
         self._watchers: list[ResourceWatcher] = []
         self._kubelet: PetSetKubelet | None = None
         self._provisioner: Provisioner | None = None
+        self._coordinator: Coordinator | None = None
+        self._disruption: DisruptionController | None = None
+        self._barriers: Barriers | None = None
         self._barrier_count = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -94,9 +127,12 @@ class Sandbox:
             self.api = config.new_client_from_config(str(self.kubeconfig))
             self.core = client.CoreV1Api(self.api)
             self.custom = client.CustomObjectsApi(self.api)
+            self.policy = PolicyV1beta1(self.api)
             self._install_crds()
             self._start_controllers()
-            self._create_barriers()
+            self.ensure_namespace(BARRIER_NS)
+            self._barriers = Barriers(self.api)
+            self._barriers.create()
         except BaseException:
             self.stop()
             raise
@@ -105,8 +141,9 @@ class Sandbox:
     def stop(self) -> None:
         for watcher in self._watchers:
             watcher.stop()
-        if self._kubelet is not None:
-            self._kubelet.stop()
+        for controller in (self._kubelet, self._coordinator, self._disruption):
+            if controller is not None:
+                controller.stop()
         for watcher in self._watchers:
             watcher.join(timeout=5)
         self.fleet.stop_all()
@@ -144,44 +181,51 @@ class Sandbox:
             )
 
     def _start_controllers(self) -> None:
-        # Each controller gets its own API client: watches hold connections open.
-        kubelet = PetSetKubelet(
-            self._new_api_client(),
-            self.fleet,
-            self.timeline,
-            stop_delay=self.settings.pod_stop_delay,
-            start_delay=self.settings.pod_start_delay,
-        )
-        provisioner = Provisioner(self._new_api_client(), self.timeline)
-        self._kubelet = kubelet
-        self._provisioner = provisioner
+        # Each controller and each watch gets its own API client: watches hold connections open.
+        settings = self.settings
+        kubelet = PetSetKubelet(self._new_api_client(), self.fleet, self.timeline, settings)
+        coordinator = Coordinator(self._new_api_client(), self.fleet, self.timeline, settings)
+        provisioner = Provisioner(self._new_api_client(), self.timeline, settings)
+        webhook = OpsWebhook(self._new_api_client())
+        disruption = DisruptionController(self._new_api_client())
+        self._kubelet, self._coordinator, self._provisioner = kubelet, coordinator, provisioner
+        self._disruption = disruption
 
-        def on_pod(event: str, pod: dict[str, Any]) -> None:
-            kubelet.on_pod(event, pod)
-            provisioner.on_pod(event, pod)
+        def custom_watch(
+            name: str, handler: Handler, group: str, version: str, plural: str
+        ) -> ResourceWatcher:
+            api = client.CustomObjectsApi(self._new_api_client())
+            return ResourceWatcher(
+                name, api.list_cluster_custom_object, handler, group=group, version=version, plural=plural
+            )
 
-        pods_api = client.CoreV1Api(self._new_api_client())
-        secrets_api = client.CoreV1Api(self._new_api_client())
-        petsets_api = client.CustomObjectsApi(self._new_api_client())
-        databases_api = client.CustomObjectsApi(self._new_api_client())
+        on_pod = _fan_out(kubelet.on_pod, coordinator.on_pod, provisioner.on_pod, disruption.on_pod)
         self._watchers = [
-            ResourceWatcher("pods", pods_api.list_pod_for_all_namespaces, on_pod),
-            ResourceWatcher("secrets", secrets_api.list_secret_for_all_namespaces, provisioner.on_secret),
             ResourceWatcher(
-                "petsets",
-                petsets_api.list_cluster_custom_object,
-                kubelet.on_petset,
-                group=shapes.PETSET_GROUP,
-                version=shapes.PETSET_VERSION,
-                plural=shapes.PETSET_PLURAL,
+                "pods", client.CoreV1Api(self._new_api_client()).list_pod_for_all_namespaces, on_pod
             ),
             ResourceWatcher(
-                "mssqlservers",
-                databases_api.list_cluster_custom_object,
-                provisioner.on_database,
-                group=shapes.GROUP,
-                version=shapes.VERSION,
-                plural=shapes.PLURAL,
+                "secrets",
+                client.CoreV1Api(self._new_api_client()).list_secret_for_all_namespaces,
+                provisioner.on_secret,
+            ),
+            custom_watch(
+                "petsets", kubelet.on_petset, shapes.PETSET_GROUP, shapes.PETSET_VERSION, shapes.PETSET_PLURAL
+            ),
+            custom_watch(
+                "mssqlservers", provisioner.on_database, shapes.GROUP, shapes.VERSION, shapes.PLURAL
+            ),
+            custom_watch(
+                "mssqlserveropsrequests",
+                webhook.on_ops_request,
+                shapes.OPS_GROUP,
+                shapes.OPS_VERSION,
+                shapes.OPS_PLURAL,
+            ),
+            ResourceWatcher(
+                "poddisruptionbudgets",
+                PolicyV1beta1(self._new_api_client()).list_for_all_namespaces,
+                disruption.on_pdb,
             ),
         ]
         kubelet.start()
@@ -193,64 +237,15 @@ class Sandbox:
 
     # -- helpers -----------------------------------------------------------------------------
     def settle(self) -> None:
-        """Wait until every controller has handled every change made before this call.
-
-        A write to a barrier object of each watched kind yields a resourceVersion; a watch delivers
-        events in resourceVersion order, so once its handler has seen the barrier it has seen all
-        earlier events of its kind.
-        """
+        """Wait until every controller has handled every change made before this call (see
+        sandbox/barriers.py). Work a controller schedules for later (a pod's restart after
+        ``pod_start_delay``, a role election) is not waited for."""
+        assert self._barriers is not None
         self._barrier_count += 1
-        stamp = {
-            "metadata": {"annotations": {"sandbox.mssql-auth-rotation/barrier": str(self._barrier_count)}}
-        }
-        writes = {
-            "pods": lambda: self.core.patch_namespaced_pod(BARRIER, BARRIER_NS, stamp),
-            "secrets": lambda: self.core.patch_namespaced_secret(BARRIER, BARRIER_NS, stamp),
-            "petsets": lambda: self.custom.patch_namespaced_custom_object(
-                shapes.PETSET_GROUP, shapes.PETSET_VERSION, BARRIER_NS, shapes.PETSET_PLURAL, BARRIER, stamp
-            ),
-            "mssqlservers": lambda: self.custom.patch_namespaced_custom_object(
-                shapes.GROUP, shapes.VERSION, BARRIER_NS, shapes.PLURAL, BARRIER, stamp
-            ),
-        }
         for watcher in self._watchers:
-            written = writes[watcher.name.removeprefix("watch-")]()
-            meta = written["metadata"] if isinstance(written, dict) else written.metadata
-            version = int(meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version)
+            version = self._barriers.stamp(watcher.name.removeprefix("watch-"), self._barrier_count)
             if not watcher.wait_handled(version, WAIT_TIMEOUT_S):
                 raise TimeoutError(f"{watcher.name} did not catch up with resourceVersion {version}")
-
-    def _create_barriers(self) -> None:
-        self.ensure_namespace(BARRIER_NS)
-        meta = {"name": BARRIER}
-        self.core.create_namespaced_pod(
-            BARRIER_NS, {"metadata": meta, "spec": {"containers": [{"name": "pause", "image": "pause"}]}}
-        )
-        self.core.create_namespaced_secret(BARRIER_NS, {"metadata": meta})
-        self.custom.create_namespaced_custom_object(
-            shapes.PETSET_GROUP,
-            shapes.PETSET_VERSION,
-            BARRIER_NS,
-            shapes.PETSET_PLURAL,
-            {
-                "apiVersion": f"{shapes.PETSET_GROUP}/{shapes.PETSET_VERSION}",
-                "kind": "PetSet",
-                "metadata": meta,
-                "spec": {"replicas": 0, "template": {"metadata": {}, "spec": {"containers": []}}},
-            },
-        )
-        self.custom.create_namespaced_custom_object(
-            shapes.GROUP,
-            shapes.VERSION,
-            BARRIER_NS,
-            shapes.PLURAL,
-            {
-                "apiVersion": f"{shapes.GROUP}/{shapes.VERSION}",
-                "kind": "MSSQLServer",
-                "metadata": meta,
-                "spec": {},
-            },
-        )
 
     def known_passwords(self) -> set[str]:
         """Every password the sandbox has seen, in a Secret or in a SQL instance (for leak checks)."""
@@ -319,30 +314,51 @@ class Sandbox:
         return FaultProxy(self.control_plane.server, self.control_plane.ca_cert, pki_dir).start()
 
     def pods_ready(self, namespace: str, db: str) -> bool:
-        """All of the database's pods exist, none is terminating, and each is Ready."""
+        """All of the database's replica pods exist, none is terminating, and each is Ready."""
         replicas = int(
             self.custom.get_namespaced_custom_object(
                 shapes.GROUP, shapes.VERSION, namespace, shapes.PLURAL, db
             )["spec"]["replicas"]
         )
-        pods = self.core.list_namespaced_pod(
-            namespace, label_selector=f"app.kubernetes.io/instance={db}"
-        ).items
+        listed = podview.list_pods(self.core, namespace, f"{podview.INSTANCE_LABEL}={db}")
+        pods = podview.database_replicas(listed, db)
         return len(pods) == replicas and all(
-            not p.metadata.deletion_timestamp
-            and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
-            for p in pods
+            not podview.is_terminating(p) and podview.is_ready(p) for p in pods
         )
 
     def create_database(
-        self, namespace: str, name: str, replicas: int = 3, password: str | None = None
+        self,
+        namespace: str,
+        name: str,
+        replicas: int = 3,
+        password: str | None = None,
+        *,
+        auth_secret_type: str = shapes.BASIC_AUTH,
+        pdb: dict[str, Any] | None = None,
     ) -> Database:
-        """Create what KubeDB creates for an MSSQLServer and wait until it is Ready."""
+        """Create what KubeDB creates for an MSSQLServer and wait until it is Ready (roles given).
+
+        ``auth_secret_type`` "kubernetes.io/basic-auth": KubeDB generates ``<db>-auth``, owned by the
+        database; "Opaque": the user brought ``<db>-auth`` before the database (no owner). ``pdb``:
+        the spec of a PodDisruptionBudget ``<db>`` over the database's pods, e.g. ``{"maxUnavailable": 1}``.
+        """
+        if auth_secret_type not in (shapes.BASIC_AUTH, shapes.OPAQUE):
+            raise ValueError(f"auth_secret_type must be {shapes.BASIC_AUTH!r} or {shapes.OPAQUE!r}")
         self.ensure_namespace(namespace)
-        secret = shapes.auth_secret(name, password or shapes.kubedb_password())
-        self.core.create_namespaced_secret(namespace, secret)
-        db = self.custom.create_namespaced_custom_object(
-            shapes.GROUP, shapes.VERSION, namespace, shapes.PLURAL, shapes.mssqlserver(name, replicas)
+        password = password or shapes.kubedb_password()
+        active_from = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if auth_secret_type == shapes.OPAQUE:
+            # Created as KubeDB leaves it once adopted (labels, activation), so the timeline starts clean.
+            secret = shapes.user_auth_secret(name, password, auth_secret_type, active_from)
+            self.core.create_namespaced_secret(namespace, secret)
+        db = self._create_custom(
+            namespace, shapes.GROUP, shapes.VERSION, shapes.PLURAL, shapes.mssqlserver(name, replicas)
+        )
+        if auth_secret_type == shapes.BASIC_AUTH:
+            self.core.create_namespaced_secret(namespace, shapes.auth_secret(db, password, active_from))
+        activation = {"spec": {"authSecret": {"activeFrom": active_from}}}  # am patchAuthSecretRef
+        db = self.custom.patch_namespaced_custom_object(
+            shapes.GROUP, shapes.VERSION, namespace, shapes.PLURAL, name, activation
         )
         self.custom.patch_namespaced_custom_object_status(
             shapes.GROUP,
@@ -354,15 +370,84 @@ class Sandbox:
         )
         for service in shapes.services(name, replicas):
             self.core.create_namespaced_service(namespace, service)
-        self.custom.create_namespaced_custom_object(
-            shapes.PETSET_GROUP,
-            shapes.PETSET_VERSION,
-            namespace,
-            shapes.PETSET_PLURAL,
-            shapes.petset(name, replicas, db["metadata"]["uid"]),
-        )
+        petsets = [shapes.petset(db, replicas)]
+        if shapes.has_arbiter(replicas):
+            petsets.append(shapes.arbiter_petset(db))
+        for petset in petsets:
+            self._create_custom(
+                namespace, shapes.PETSET_GROUP, shapes.PETSET_VERSION, shapes.PETSET_PLURAL, petset
+            )
+        if pdb is not None:
+            self.set_pdb(namespace, name, pdb)
         handle = Database(self, namespace, name, replicas)
         self._wait(
             lambda: handle.get().get("status", {}).get("phase") == "Ready", f"{namespace}/{name} Ready"
         )
         return handle
+
+    def _create_custom(
+        self, namespace: str, group: str, version: str, plural: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(  # type: ignore[no-any-return]
+            group, version, namespace, plural, body
+        )
+
+    def failover(self, namespace: str, database: str, to_pod: str) -> None:
+        """A switchover by the coordinator: every role label goes blank for ``role_election_delay``,
+        then ``to_pod`` is primary and the others secondary. ``to_pod`` must be running (not
+        necessarily Ready, e.g. after ALTER LOGIN). Returns once it carries the primary label."""
+        assert self._coordinator is not None
+        pod = podview.list_pods(self.core, namespace, f"statefulset.kubernetes.io/pod-name={to_pod}")
+        if not pod or podview.is_terminating(pod[0]) or not podview.is_running(pod[0]):
+            raise ValueError(f"{namespace}/{to_pod} is not running: it cannot become primary")
+        self._coordinator.switchover(namespace, database, to_pod)
+        self._wait(
+            lambda: (
+                (self.core.read_namespaced_pod(to_pod, namespace).metadata.labels or {}).get(
+                    podview.ROLE_LABEL
+                )
+                == "primary"
+            ),
+            f"{namespace}/{to_pod} primary",
+        )
+
+    def create_ops_request(
+        self, namespace: str, database: str, type_: str = "Restart", name: str | None = None
+    ) -> str:
+        """Create an MSSQLServerOpsRequest for the database, in phase Pending; its name."""
+        name = name or f"{database}-{type_.lower()}-{uuid.uuid4().hex[:6]}"
+        body = shapes.ops_request(database, name, type_)
+        self._create_custom(namespace, shapes.OPS_GROUP, shapes.OPS_VERSION, shapes.OPS_PLURAL, body)
+        self.set_ops_request_phase(namespace, name, "Pending")
+        return name
+
+    def set_ops_request_phase(self, namespace: str, name: str, phase: str) -> None:
+        """Write an ops request's status.phase through the status subresource (as the ops-manager)."""
+        self.custom.patch_namespaced_custom_object_status(
+            shapes.OPS_GROUP,
+            shapes.OPS_VERSION,
+            namespace,
+            shapes.OPS_PLURAL,
+            name,
+            {"status": {"phase": phase}},
+        )
+
+    def set_pdb(self, namespace: str, database: str, spec: dict[str, Any] | None) -> None:
+        """Create or change the PodDisruptionBudget ``<database>`` (``spec`` holds minAvailable or
+        maxUnavailable; the selector is the database's), or delete it with None."""
+        if spec is None:
+            try:
+                self.policy.delete(namespace, database)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            return
+        body = shapes.pod_disruption_budget(database, spec)
+        try:
+            self.policy.create(namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # A merge patch: null drops the bound not given (a PDB may not carry both).
+            replaced = {"minAvailable": None, "maxUnavailable": None, **body["spec"]}
+            self.policy.patch(namespace, database, {"spec": replaced})

@@ -136,7 +136,7 @@ class ControlPlane:
                 "--service-account-issuer=https://sandbox.mssql-auth-rotation.local",
                 f"--service-account-key-file={self._pki.service_account_pub}",
                 f"--service-account-signing-key-file={self._pki.service_account_key}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-cluster-ip-range=10.0.0.0/16",  # room for every test's services
                 "--disable-admission-plugins=ServiceAccount",
                 # Nothing here needs API priority and fairness; leaving it on costs start-up time.
                 "--enable-priority-and-fairness=false",

@@ -1,31 +1,25 @@
-"""The SQL Server instances behind the pods: one data volume (``InstanceState``) per pod that
-outlives the pod, a loopback IP per pod that stays the same across restarts, and the TDS server
-that runs while the pod's container runs."""
+"""The SQL Server instances behind the pods: one data volume (``InstanceState``) per pod name that
+outlives the pod, the address the pod's current container listens on, and the TDS server that runs
+while that container runs. Addresses come from ``sandbox.addresses``; this module only keeps them."""
 
 from __future__ import annotations
 
-import secrets
 import threading
-from dataclasses import dataclass
 
+from sandbox.addresses import AddressPlan
+from sandbox.podview import PodKey
 from sandbox.sqlserver import InstanceState, TdsServer
 
-
-@dataclass(frozen=True)
-class PodKey:
-    namespace: str
-    name: str
+__all__ = ["PodKey", "SqlFleet"]
 
 
 class SqlFleet:
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, plan: AddressPlan) -> None:
+        self.plan = plan
         self._lock = threading.Lock()
         self._volumes: dict[PodKey, InstanceState] = {}
         self._servers: dict[PodKey, TdsServer] = {}
-        self._ips: dict[PodKey, str] = {}
-        # A random second octet keeps two sandboxes on one machine (a developer's and CI's) apart.
-        self._octet = 16 + secrets.randbelow(224)
+        self._addresses: dict[PodKey, tuple[str, int]] = {}  # the current (or last) container's
 
     def provision(self, key: PodKey, sa_password: str, *, hadr: bool) -> InstanceState:
         """Initialise an empty data directory, as SQL Server does with MSSQL_SA_PASSWORD."""
@@ -42,15 +36,20 @@ class SqlFleet:
         with self._lock:
             return key in self._volumes
 
-    def ip_of(self, key: PodKey) -> str:
+    def set_address(self, key: PodKey, host: str, port: int) -> None:
+        """Where the pod's container listens (or would, if it could start)."""
         with self._lock:
-            if key not in self._ips:
-                n = len(self._ips)
-                self._ips[key] = f"127.{self._octet}.{n // 250}.{n % 250 + 2}"
-            return self._ips[key]
+            self._addresses[key] = (host, port)
+
+    def address_of(self, key: PodKey) -> tuple[str, int]:
+        """(host, port) of the pod's current container; KeyError before its first start."""
+        with self._lock:
+            return self._addresses[key]
 
     def start(self, key: PodKey) -> None:
-        server = TdsServer(self.volume(key), self.ip_of(key), self.port)
+        """Serve the pod's volume on its current address; OSError when the address is taken."""
+        host, port = self.address_of(key)
+        server = TdsServer(self.volume(key), host, port)
         server.start()
         with self._lock:
             self._servers[key] = server

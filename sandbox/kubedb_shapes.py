@@ -6,6 +6,7 @@ does, so a wrong name in the product shows up as a failing test instead of agree
 
 from __future__ import annotations
 
+import copy
 import secrets
 import string
 from typing import Any
@@ -14,6 +15,11 @@ GROUP, VERSION, PLURAL = "kubedb.com", "v1alpha2", "mssqlservers"
 PETSET_GROUP, PETSET_VERSION, PETSET_PLURAL = "apps.k8s.appscode.com", "v1", "petsets"
 SQL_PORT = 1433
 MSSQL_VERSION = "2022-cu12"
+AUTH_ACTIVE_FROM = "kubedb.com/auth-active-from"  # am apis/kubedb/constants.go AuthActiveFromAnnotation
+BASIC_AUTH, OPAQUE = "kubernetes.io/basic-auth", "Opaque"
+ARBITER_SUFFIX = "-arbiter"  # docs guides/mssqlserver/clustering/arbiter.md; MongoDB's NodeTypeArbiter
+STATS_PORT = 9399  # am apis/kubedb/constants.go MSSQLMonitoringDefaultServicePort
+OPS_GROUP, OPS_VERSION, OPS_PLURAL = "ops.kubedb.com", "v1alpha1", "mssqlserveropsrequests"
 
 
 def selector_labels(db: str) -> dict[str, str]:
@@ -44,12 +50,61 @@ def kubedb_password() -> str:
             return candidate
 
 
-def auth_secret(db: str, password: str) -> dict[str, Any]:
+def is_availability_group(replicas: int) -> bool:
+    return replicas > 1
+
+
+def has_arbiter(replicas: int) -> bool:
+    """KubeDB defaults ``spec.arbiter`` for an AG with an even replica count (am SetArbiterDefault)."""
+    return is_availability_group(replicas) and replicas % 2 == 0
+
+
+def arbiter_name(db: str) -> str:
+    return f"{db}{ARBITER_SUFFIX}"
+
+
+def owner_reference(db_obj: dict[str, Any]) -> dict[str, Any]:
+    """The controller reference KubeDB's AsOwner() gives what it creates for a database."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MSSQLServer",
+        "name": db_obj["metadata"]["name"],
+        "uid": db_obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def auth_secret(db_obj: dict[str, Any], password: str, active_from: str) -> dict[str, Any]:
+    """The secret KubeDB generates (am pkg/controller/secret/auth_secret.go createAuthSecret and
+    manageActiveFrom): basic-auth, the database's labels, owned by it, stamped with its activation."""
+    db = db_obj["metadata"]["name"]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": f"{db}-auth", "labels": selector_labels(db)},
-        "type": "kubernetes.io/basic-auth",
+        "metadata": {
+            "name": f"{db}-auth",
+            "labels": pod_labels(db, None),
+            "annotations": {AUTH_ACTIVE_FROM: active_from},
+            "ownerReferences": [owner_reference(db_obj)],
+        },
+        "type": BASIC_AUTH,
+        "stringData": {"username": "sa", "password": password},
+    }
+
+
+def user_auth_secret(db: str, password: str, secret_type: str, active_from: str) -> dict[str, Any]:
+    """A secret the user brought, as it looks once KubeDB has adopted it (syncOwnedLabels and
+    manageActiveFrom): the database's labels and the activation annotation, but no owner."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": f"{db}-auth",
+            "labels": pod_labels(db, None),
+            "annotations": {AUTH_ACTIVE_FROM: active_from},
+        },
+        "type": secret_type,
         "stringData": {"username": "sa", "password": password},
     }
 
@@ -63,11 +118,13 @@ def mssqlserver(db: str, replicas: int) -> dict[str, Any]:
         "deletionPolicy": "WipeOut",
         "storage": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
     }
-    if replicas > 1:
+    if is_availability_group(replicas):
         spec["topology"] = {
             "mode": "AvailabilityGroup",
             "availabilityGroup": {"databases": ["agdb1"]},
         }
+    if has_arbiter(replicas):
+        spec["arbiter"] = {"resources": {"requests": {"cpu": "200m", "memory": "256Mi"}}}
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MSSQLServer", "metadata": {"name": db}, "spec": spec}
 
 
@@ -78,47 +135,15 @@ def _sa_password_env(secret_name: str) -> dict[str, Any]:
     }
 
 
-def petset(db: str, replicas: int, owner_uid: str) -> dict[str, Any]:
-    env = [
-        {"name": "ACCEPT_EULA", "value": "Y"},
-        {"name": "MSSQL_SA_USERNAME", "value": "sa"},
-        _sa_password_env(f"{db}-auth"),
-    ]
-    template = {
-        "metadata": {"labels": pod_labels(db, None)},
-        "spec": {
-            "initContainers": [{"name": "mssql-init", "image": "kubedb/mssql-init:2022-ubuntu-22-v1"}],
-            "containers": [
-                {
-                    "name": "mssql",
-                    "image": f"mcr.microsoft.com/mssql/server:{MSSQL_VERSION}",
-                    "env": env,
-                    "ports": [{"name": "db", "containerPort": SQL_PORT}],
-                },
-                {
-                    "name": "mssql-coordinator",
-                    "image": "kubedb/mssql-coordinator:v0.3.0",
-                    "env": [_sa_password_env(f"{db}-auth")],
-                },
-            ],
-        },
-    }
+def _petset(name: str, db_obj: dict[str, Any], replicas: int, template: dict[str, Any]) -> dict[str, Any]:
+    db = db_obj["metadata"]["name"]
     return {
         "apiVersion": f"{PETSET_GROUP}/{PETSET_VERSION}",
         "kind": "PetSet",
         "metadata": {
-            "name": db,
+            "name": name,
             "labels": selector_labels(db),
-            "ownerReferences": [
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "MSSQLServer",
-                    "name": db,
-                    "uid": owner_uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [owner_reference(db_obj)],
         },
         "spec": {
             "replicas": replicas,
@@ -131,55 +156,111 @@ def petset(db: str, replicas: int, owner_uid: str) -> dict[str, Any]:
     }
 
 
-def services(db: str, replicas: int) -> list[dict[str, Any]]:
-    port = [{"name": "db", "port": SQL_PORT, "targetPort": "db"}]
-    primary = {**pod_labels(db, "primary")} if replicas > 1 else selector_labels(db)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": db, "labels": selector_labels(db)},
-            "spec": {"selector": primary, "ports": port},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": f"{db}-secondary", "labels": selector_labels(db)},
-            "spec": {"selector": pod_labels(db, "secondary"), "ports": port},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": f"{db}-pods", "labels": selector_labels(db)},
-            "spec": {
-                "clusterIP": "None",
-                "selector": selector_labels(db),
-                "ports": port,
-                "publishNotReadyAddresses": True,
-            },
-        },
+def petset(db_obj: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """The database's PetSet: ``mssql`` everywhere, plus ``mssql-coordinator`` in an AG."""
+    db = db_obj["metadata"]["name"]
+    ag = is_availability_group(replicas)
+    env = [
+        {"name": "ACCEPT_EULA", "value": "Y"},
+        {"name": "MSSQL_SA_USERNAME", "value": "sa"},
+        _sa_password_env(f"{db}-auth"),
     ]
+    if ag:
+        env.append({"name": "MSSQL_ENABLE_HADR", "value": "1"})
+    containers: list[dict[str, Any]] = [
+        {
+            "name": "mssql",
+            "image": f"mcr.microsoft.com/mssql/server:{MSSQL_VERSION}",
+            "env": env,
+            "ports": [{"name": "db", "containerPort": SQL_PORT}],
+        }
+    ]
+    if ag:
+        containers.append(_coordinator(env=[_sa_password_env(f"{db}-auth")]))
+    template = {
+        "metadata": {"labels": pod_labels(db, None)},
+        "spec": {
+            "initContainers": [{"name": "mssql-init", "image": "kubedb/mssql-init:2022-ubuntu-22-v1"}],
+            "containers": containers,
+        },
+    }
+    return _petset(db, db_obj, replicas, template)
 
 
-def pod_from_template(petset_obj: dict[str, Any], ordinal: int, node: str) -> dict[str, Any]:
-    """What the PetSet controller creates for one ordinal: the template plus identity and role."""
-    db = petset_obj["metadata"]["name"]
-    template = petset_obj["spec"]["template"]
-    replicas = int(petset_obj["spec"]["replicas"])
-    role = None if replicas == 1 else ("primary" if ordinal == 0 else "secondary")
-    labels = {**template["metadata"].get("labels", {}), **pod_labels(db, role)}
-    labels["statefulset.kubernetes.io/pod-name"] = f"{db}-{ordinal}"
+def arbiter_petset(db_obj: dict[str, Any]) -> dict[str, Any]:
+    """``<db>-arbiter``: one pod that votes and holds no databases. Its labels are unverified; this
+    assumes the least kind case: exactly the database's own labels, no role and no type label
+    (MongoDB's arbiter adds ``mongodb.kubedb.com/node.type=arbiter``, am apis/kubedb/v1/mongodb_helpers.go
+    ArbiterLabels), so only its name and its owner PetSet tell it apart from a replica."""
+    db = db_obj["metadata"]["name"]
+    template = {"metadata": {"labels": pod_labels(db, None)}, "spec": {"containers": [_coordinator(env=[])]}}
+    return _petset(arbiter_name(db), db_obj, 1, template)
+
+
+def _coordinator(env: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"name": "mssql-coordinator", "image": "kubedb/mssql-coordinator:v0.3.0", "env": env}
+
+
+def services(db: str, replicas: int) -> list[dict[str, Any]]:
+    """``<db>`` (the primary), ``<db>-pods`` (governing, headless), ``<db>-stats``, and in an AG
+    ``<db>-secondary``."""
+    port = [{"name": "db", "port": SQL_PORT, "targetPort": "db"}]
+    ag = is_availability_group(replicas)
+
+    def service(name: str, selector: dict[str, str], **spec: Any) -> dict[str, Any]:
+        meta = {"name": name, "labels": pod_labels(db, None)}
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta,
+            "spec": {"selector": selector, **spec},
+        }
+
+    made = [
+        service(db, pod_labels(db, "primary") if ag else selector_labels(db), ports=port),
+        service(
+            f"{db}-pods", selector_labels(db), clusterIP="None", ports=port, publishNotReadyAddresses=True
+        ),
+        service(
+            f"{db}-stats",
+            selector_labels(db),
+            ports=[{"name": "metrics", "port": STATS_PORT, "targetPort": "metrics"}],
+        ),
+    ]
+    made[2]["metadata"]["labels"]["kubedb.com/role"] = "stats"  # am StatsServiceLabels
+    if ag:
+        made.append(service(f"{db}-secondary", pod_labels(db, "secondary"), ports=port))
+    return made
+
+
+def pod_from_template(petset_obj: dict[str, Any], ordinal: int, node: str, sql_port: int) -> dict[str, Any]:
+    """What the PetSet controller creates for one ordinal: the template plus the pod's identity.
+
+    No role label: the coordinator gives roles. ``sql_port`` is declared as the ``mssql`` container's
+    ``db`` port (1433 unless the sandbox runs on IPv6, where each pod has its own).
+    """
+    name = f"{petset_obj['metadata']['name']}-{ordinal}"
+    template = copy.deepcopy(petset_obj["spec"]["template"])
+    labels = {
+        **template["metadata"].get("labels", {}),
+        "apps.kubernetes.io/pod-index": str(ordinal),
+        "statefulset.kubernetes.io/pod-name": name,
+    }
+    for container in template["spec"]["containers"]:
+        for port in container.get("ports") or []:
+            if container["name"] == "mssql" and port.get("name") == "db":
+                port["containerPort"] = sql_port
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": f"{db}-{ordinal}",
+            "name": name,
             "labels": labels,
             "ownerReferences": [
                 {
                     "apiVersion": f"{PETSET_GROUP}/{PETSET_VERSION}",
                     "kind": "PetSet",
-                    "name": db,
+                    "name": petset_obj["metadata"]["name"],
                     "uid": petset_obj["metadata"]["uid"],
                     "controller": True,
                 }
@@ -188,8 +269,37 @@ def pod_from_template(petset_obj: dict[str, Any], ordinal: int, node: str) -> di
         "spec": {
             **template["spec"],
             "nodeName": node,
-            "hostname": f"{db}-{ordinal}",
+            "hostname": name,
             "subdomain": petset_obj["spec"]["serviceName"],
             "terminationGracePeriodSeconds": 30,
         },
+    }
+
+
+def declared_sql_port(pod: dict[str, Any]) -> int | None:
+    """The ``mssql`` container's ``db`` containerPort; None for a pod without SQL Server."""
+    for container in pod["spec"].get("containers") or []:
+        if container["name"] == "mssql":
+            for port in container.get("ports") or []:
+                if port.get("name") == "db":
+                    return int(port["containerPort"])
+    return None
+
+
+def pod_disruption_budget(db: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A policy/v1beta1 PDB named after the database over its pods (the arbiter's too)."""
+    return {
+        "apiVersion": "policy/v1beta1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": db, "labels": pod_labels(db, None)},
+        "spec": {**spec, "selector": {"matchLabels": selector_labels(db)}},
+    }
+
+
+def ops_request(db: str, name: str, type_: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{OPS_GROUP}/{OPS_VERSION}",
+        "kind": "MSSQLServerOpsRequest",
+        "metadata": {"name": name},
+        "spec": {"type": type_, "databaseRef": {"name": db}},
     }

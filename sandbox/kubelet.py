@@ -1,11 +1,17 @@
 """Emulated PetSet controller and kubelet, driven only through the API server.
 
-- A PetSet gets its pods ``<name>-0..N-1`` from its template (same name, labels and IP every time).
-- A pod that is deleted or evicted (``deletionTimestamp`` set) is stopped after ``stop_delay``, then
-  removed; after ``start_delay`` the PetSet controller creates it again.
-- When a pod starts, its container resolves ``MSSQL_SA_PASSWORD`` from the Secret as it is at that
-  moment, and the pod is Ready only while that password logs in to its own SQL instance (what the
-  mssql-coordinator checks). A readiness probe re-checks running pods every ``PROBE_PERIOD_S``.
+- A PetSet owns the pods ``<petset>-0..N-1`` it created from its template (found by their controller
+  reference, not by labels: a database's PetSet and its arbiter's select the same labels). Pods come
+  without a role label (the coordinator gives roles); in IPv6 mode each new pod's spec declares its
+  own SQL port.
+- A pod that is deleted or evicted (``deletionTimestamp`` set) is stopped after ``pod_stop_delay``,
+  then removed; after ``pod_start_delay`` the PetSet controller creates it again.
+- When a pod starts it gets an address (a fresh one per start by default); its ``mssql`` container
+  resolves ``MSSQL_SA_PASSWORD`` from the Secret as it is at that moment and serves the pod name's
+  data volume. Readiness (``Settings.readiness_follows_password``): by default a pod is Ready only
+  while that password logs in to its own instance (what the mssql-coordinator checks, unverified);
+  otherwise whenever its SQL Server runs. A probe re-checks running pods every ``PROBE_PERIOD_S``.
+- A pod without an ``mssql`` container (the arbiter) runs no SQL Server and is Ready once started.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import base64
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +27,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from sandbox import kubedb_shapes as shapes
+from sandbox import podview
 from sandbox.fleet import PodKey, SqlFleet
+from sandbox.settings import Settings
 from sandbox.timeline import Timeline
+from sandbox.timers import Timers
 
 log = logging.getLogger("sandbox.kubelet")
 PROBE_PERIOD_S = 0.2
@@ -33,39 +41,38 @@ NODE_NAME = "sandbox-node"
 @dataclass
 class PodRuntime:
     uid: str
-    sa_password: str | None  # what the container's environment got at start; None: it could not start
+    containers: tuple[str, ...]
+    host: str  # status.podIP: the pod's network exists before (and without) any container
+    sa_password: str | None = None  # what the container's environment got at start; None: not started
     ready: bool = False
+
+    @property
+    def runs_sql(self) -> bool:
+        return "mssql" in self.containers  # the arbiter's pod does not
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _is_kubedb_pod(pod: dict[str, Any]) -> bool:
-    labels = pod.get("metadata", {}).get("labels") or {}
-    return labels.get("app.kubernetes.io/name") == "mssqlservers.kubedb.com"
+def _hadr_enabled(pod: dict[str, Any]) -> bool:
+    mssql = next(c for c in pod["spec"]["containers"] if c["name"] == "mssql")
+    return any(e["name"] == "MSSQL_ENABLE_HADR" and e.get("value") == "1" for e in mssql.get("env", []))
 
 
 class PetSetKubelet:
     def __init__(
-        self,
-        api: client.ApiClient,
-        fleet: SqlFleet,
-        timeline: Timeline,
-        *,
-        stop_delay: float,
-        start_delay: float,
+        self, api: client.ApiClient, fleet: SqlFleet, timeline: Timeline, settings: Settings
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.fleet = fleet
         self.timeline = timeline
-        self.stop_delay = stop_delay
-        self.start_delay = start_delay
+        self.settings = settings
         self._lock = threading.Lock()
         self._runtimes: dict[PodKey, PodRuntime] = {}
         self._terminating: set[str] = set()  # pod uids being stopped
-        self._timers: set[threading.Timer] = set()
+        self._timers = Timers("kubelet")
         self._stopping = threading.Event()
         self._failing_starts: set[PodKey] = set()  # fault switch: these pods' containers never start
         self._prober = threading.Thread(target=self._probe_loop, name="kubelet-probe", daemon=True)
@@ -76,27 +83,8 @@ class PetSetKubelet:
 
     def stop(self) -> None:
         self._stopping.set()
-        with self._lock:
-            timers = list(self._timers)
-        for timer in timers:
-            timer.cancel()
+        self._timers.cancel_all()
         self._prober.join(timeout=2)
-
-    def _later(self, delay: float, action: Callable[[], None]) -> None:
-        def run() -> None:
-            with self._lock:
-                self._timers.discard(timer)
-            if not self._stopping.is_set():
-                try:
-                    action()
-                except Exception:
-                    log.exception("kubelet action failed")
-
-        timer = threading.Timer(delay, run)
-        timer.daemon = True
-        with self._lock:
-            self._timers.add(timer)
-        timer.start()
 
     # -- watch handlers ----------------------------------------------------------------------
     def on_petset(self, event: str, petset: dict[str, Any]) -> None:
@@ -104,13 +92,12 @@ class PetSetKubelet:
             self._ensure_pods(petset)
 
     def on_pod(self, event: str, pod: dict[str, Any]) -> None:
-        if not _is_kubedb_pod(pod):
+        if not podview.is_kubedb_pod(pod):
             return
-        meta = pod["metadata"]
-        key = PodKey(meta["namespace"], meta["name"])
+        key = PodKey.of(pod)
         if event == "DELETED":
-            self._on_deleted(key, meta)
-        elif meta.get("deletionTimestamp"):
+            self._on_deleted(key, pod["metadata"])
+        elif podview.is_terminating(pod):
             self._on_terminating(key, pod)
         elif event == "ADDED":
             self._on_added(key, pod)
@@ -120,8 +107,14 @@ class PetSetKubelet:
             runtime = self._runtimes.get(key)
             if runtime is not None and runtime.uid == pod["metadata"]["uid"]:
                 return
-            self._runtimes[key] = PodRuntime(uid=pod["metadata"]["uid"], sa_password=None)
-        self._start_container(key, pod)
+            containers = tuple(sorted(podview.container_names(pod)))
+            host = self.fleet.plan.host_for_start(key, fresh=self.settings.new_ip_per_restart)
+            runtime = PodRuntime(pod["metadata"]["uid"], containers, host)
+            self._runtimes[key] = runtime
+        if runtime.runs_sql:
+            self._start_sql_container(key, pod, runtime.host)
+        else:
+            self._start_plain_containers(key, pod)
 
     def _on_terminating(self, key: PodKey, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
@@ -129,8 +122,16 @@ class PetSetKubelet:
             if uid in self._terminating:
                 return
             self._terminating.add(uid)
-        self.timeline.record("pod-terminating", key.namespace, key.name, pod["metadata"]["resourceVersion"])
-        self._later(self.stop_delay, lambda: self._finish_termination(key, uid))
+        # The labels of this event are the pod's at the moment its deletion began: tests read the
+        # restart order (secondaries first, the primary last) from them.
+        self.timeline.record(
+            "pod-terminating",
+            key.namespace,
+            key.name,
+            pod["metadata"]["resourceVersion"],
+            detail=f"role={podview.role(pod)}",
+        )
+        self._timers.later(self.settings.pod_stop_delay, lambda: self._finish_termination(key, uid))
 
     def _finish_termination(self, key: PodKey, uid: str) -> None:
         self.fleet.stop(key)
@@ -158,7 +159,9 @@ class PetSetKubelet:
         self.timeline.record("pod-deleted", key.namespace, key.name, meta["resourceVersion"])
         owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "PetSet"), None)
         if owner is not None:
-            self._later(self.start_delay, lambda: self._recreate(key.namespace, owner["name"]))
+            self._timers.later(
+                self.settings.pod_start_delay, lambda: self._recreate(key.namespace, owner["name"])
+            )
 
     # -- PetSet controller -------------------------------------------------------------------
     def _recreate(self, namespace: str, petset_name: str) -> None:
@@ -173,17 +176,20 @@ class PetSetKubelet:
         self._ensure_pods(petset)
 
     def _ensure_pods(self, petset: dict[str, Any]) -> None:
-        namespace = petset["metadata"]["namespace"]
-        existing = {
-            p.metadata.name
-            for p in self.core.list_namespaced_pod(
-                namespace, label_selector=f"app.kubernetes.io/instance={petset['metadata']['name']}"
-            ).items
+        namespace, name = petset["metadata"]["namespace"], petset["metadata"]["name"]
+        selector = ",".join(f"{k}={v}" for k, v in petset["spec"]["selector"]["matchLabels"].items())
+        owned = {
+            podview.name(p)
+            for p in podview.list_pods(self.core, namespace, selector)
+            if podview.owner_petset(p) == name
         }
         for ordinal in range(int(petset["spec"]["replicas"])):
-            pod = shapes.pod_from_template(petset, ordinal, NODE_NAME)
-            if pod["metadata"]["name"] in existing:
+            if f"{name}-{ordinal}" in owned:
                 continue
+            port = self.fleet.plan.port_for_new_pod(
+                PodKey(namespace, f"{name}-{ordinal}"), fresh=self.settings.new_ip_per_restart
+            )
+            pod = shapes.pod_from_template(petset, ordinal, NODE_NAME, port)
             try:
                 self.core.create_namespaced_pod(namespace, pod)
             except ApiException as exc:
@@ -214,24 +220,30 @@ class PetSetKubelet:
             else:
                 self._failing_starts.discard(key)
 
-    def _start_container(self, key: PodKey, pod: dict[str, Any]) -> None:
+    def _start_sql_container(self, key: PodKey, pod: dict[str, Any], host: str) -> None:
         with self._lock:
             failing = key in self._failing_starts
+        self.fleet.set_address(key, host, shapes.declared_sql_port(pod) or shapes.SQL_PORT)
         sa_password = None if failing else self._resolve_sa_password(key.namespace, pod)
         if sa_password is not None:
-            role = (pod["metadata"].get("labels") or {}).get("kubedb.com/role")
+            hadr = _hadr_enabled(pod)
             if not self.fleet.has_volume(key):
                 # An empty data directory: SQL Server initialises sa with MSSQL_SA_PASSWORD, once.
-                self.fleet.provision(key, sa_password, hadr=role is not None)
-            self.fleet.volume(key).role = "SECONDARY" if role == "secondary" else "PRIMARY"
-            self.fleet.start(key)
-        ready = sa_password is not None and self.fleet.volume(key).check_login("sa", sa_password)
+                self.fleet.provision(key, sa_password, hadr=hadr)
+            if hadr:
+                self.fleet.volume(key).role = "RESOLVING"  # until the coordinator gives it a role
+            try:
+                self.fleet.start(key)
+            except OSError:
+                log.exception("SQL Server of %s could not listen on %s", key, self.fleet.address_of(key))
+                sa_password = None
+        ready = self._probe(key, sa_password)
         with self._lock:
             runtime = self._runtimes.get(key)
             if runtime is None or runtime.uid != pod["metadata"]["uid"]:
                 return
             runtime.sa_password, runtime.ready = sa_password, ready
-        self._write_status(key, pod["metadata"]["uid"], started=sa_password is not None, ready=ready)
+        self._write_status(key, runtime, started=sa_password is not None)
         self.timeline.record(
             "pod-started",
             key.namespace,
@@ -240,10 +252,29 @@ class PetSetKubelet:
             detail="ready" if ready else "not ready",
         )
 
-    def _write_status(self, key: PodKey, uid: str, *, started: bool, ready: bool) -> None:
+    def _start_plain_containers(self, key: PodKey, pod: dict[str, Any]) -> None:
+        with self._lock:
+            runtime = self._runtimes.get(key)
+            if runtime is None or runtime.uid != pod["metadata"]["uid"]:
+                return
+            runtime.ready = True
+        self._write_status(key, runtime, started=True)
+        self.timeline.record(
+            "pod-started", key.namespace, key.name, pod["metadata"]["resourceVersion"], "ready"
+        )
+
+    def _probe(self, key: PodKey, sa_password: str | None) -> bool:
+        if sa_password is None or not self.fleet.running(key):
+            return False
+        if not self.settings.readiness_follows_password:
+            return True
+        return self.fleet.volume(key).check_login("sa", sa_password)
+
+    def _write_status(self, key: PodKey, runtime: PodRuntime, *, started: bool) -> None:
+        ready = runtime.ready
         flag = "True" if ready else "False"
         now = _now()
-        ip = self.fleet.ip_of(key)
+        host = runtime.host
         state: dict[str, Any] = (
             {"running": {"startedAt": now}}
             if started
@@ -252,8 +283,8 @@ class PetSetKubelet:
         status = {
             "phase": "Running" if started else "Pending",
             "hostIP": "127.0.0.1",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
+            "podIP": host,
+            "podIPs": [{"ip": host}],
             "startTime": now,
             "conditions": [
                 {"type": "Initialized", "status": "True", "lastTransitionTime": now},
@@ -271,26 +302,27 @@ class PetSetKubelet:
                     "image": "",
                     "imageID": "",
                 }
-                for name in ("mssql", "mssql-coordinator")
+                for name in runtime.containers
             ],
         }
         try:
-            self.core.patch_namespaced_pod_status(key.name, key.namespace, {"status": status})
+            # The uid guards against writing a recreated pod's status with this one's.
+            self.core.patch_namespaced_pod_status(
+                key.name, key.namespace, {"metadata": {"uid": runtime.uid}, "status": status}
+            )
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409, 422):
                 raise
 
     def _probe_loop(self) -> None:
         while not self._stopping.wait(PROBE_PERIOD_S):
             with self._lock:
-                snapshot = list(self._runtimes.items())
+                snapshot = [(k, r) for k, r in self._runtimes.items() if r.runs_sql and r.sa_password]
             for key, runtime in snapshot:
-                if runtime.sa_password is None or not self.fleet.running(key):
-                    continue
-                ready = self.fleet.volume(key).check_login("sa", runtime.sa_password)
+                ready = self._probe(key, runtime.sa_password)
                 if ready != runtime.ready:
                     runtime.ready = ready
                     try:
-                        self._write_status(key, runtime.uid, started=True, ready=ready)
+                        self._write_status(key, runtime, started=True)
                     except Exception:
                         log.exception("readiness update failed for %s", key)

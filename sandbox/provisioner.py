@@ -1,14 +1,19 @@
-"""Emulated KubeDB provisioner for MSSQLServer.
+"""Emulated KubeDB provisioner for MSSQLServer: its pause handshake, health checker and PetSet upkeep.
 
-It honours the ``Paused`` status condition: while it is True the database is skipped entirely.
-Otherwise it reconciles what KubeDB's provisioner owns here: ``status.phase`` from the pods'
-readiness, and the PetSet's secret references from ``spec.authSecret.name``. Everything it sees
-(secret writes, pod terminations, pause and resume) goes to the timeline.
+- Pause handshake (``Settings.pause_handshake``): a ``Paused`` condition of status ``Unknown`` (what
+  KubeDB's ops-manager writes) is acknowledged by turning it ``True`` (same reason and message, a new
+  lastTransitionTime), under a resourceVersion precondition. With the switch off, Unknown is ignored.
+- Health checker: ``status.phase`` follows the pods, paused or not (a pause does not stop it). Ready
+  needs every replica pod Ready and, in an Availability Group, exactly one ``primary`` label.
+- While paused (``True``) the PetSet's secret references are left alone; otherwise they follow
+  ``spec.authSecret.name``.
+Everything it sees (secret writes, pause and resume) goes to the timeline.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import threading
 from typing import Any
@@ -17,33 +22,46 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from sandbox import kubedb_shapes as shapes
+from sandbox import podview
+from sandbox.podview import Pod
+from sandbox.settings import Settings
 from sandbox.timeline import Timeline
 
 log = logging.getLogger("sandbox.provisioner")
+CONFLICT_RETRIES = 10
+
+
+def paused_status(db: dict[str, Any]) -> str | None:
+    """The status of the database's ``Paused`` condition ("True", "Unknown", ...), None without one."""
+    conditions = (db.get("status") or {}).get("conditions") or []
+    return next((c.get("status") for c in conditions if c.get("type") == "Paused"), None)
 
 
 def is_paused(db: dict[str, Any]) -> bool:
-    conditions = (db.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Paused" and c.get("status") == "True" for c in conditions)
+    return paused_status(db) == "True"
 
 
-def phase_from_pods(pods: list[client.V1Pod], replicas: int) -> str:
-    ready = sum(
-        1
-        for pod in pods
-        if not pod.metadata.deletion_timestamp
-        and any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-    )
-    if ready >= replicas:
+def phase_from_pods(replicas: list[Pod], expected: int) -> str:
+    """KubeDB's phases from the replica pods (not the arbiter's); the AG rule is unverified."""
+    live = [p for p in replicas if not podview.is_terminating(p)]
+    ready = sum(1 for p in live if podview.is_ready(p))
+    if expected > 1 and sum(1 for p in live if podview.role(p) == "primary") != 1:
+        return "NotReady"  # no primary (an election is on): nothing accepts writes
+    if ready >= expected:
         return "Ready"
     return "Critical" if ready else "NotReady"
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class Provisioner:
-    def __init__(self, api: client.ApiClient, timeline: Timeline) -> None:
+    def __init__(self, api: client.ApiClient, timeline: Timeline, settings: Settings) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.timeline = timeline
+        self.settings = settings
         self._lock = threading.Lock()
         self._databases: dict[tuple[str, str], dict[str, Any]] = {}
         self._secret_versions: dict[tuple[str, str], str] = {}
@@ -84,11 +102,10 @@ class Provisioner:
         with self._lock:
             return set(self._seen_passwords)
 
-    def on_pod(self, event: str, pod: dict[str, Any]) -> None:
-        labels = pod["metadata"].get("labels") or {}
-        if labels.get("app.kubernetes.io/name") != "mssqlservers.kubedb.com":
+    def on_pod(self, event: str, pod: Pod) -> None:
+        if not podview.is_kubedb_pod(pod):
             return
-        key = (pod["metadata"]["namespace"], labels.get("app.kubernetes.io/instance", ""))
+        key = (pod["metadata"]["namespace"], podview.labels(pod).get(podview.INSTANCE_LABEL, ""))
         if key in self._databases:
             self._reconcile(key)
 
@@ -99,26 +116,53 @@ class Provisioner:
         try:
             # Decide on the object as it is now: events of other kinds arrive on other threads,
             # and a cached copy could predate a pause.
-            db = self.custom.get_namespaced_custom_object(
-                shapes.GROUP, shapes.VERSION, *key[:1], shapes.PLURAL, key[1]
-            )
-            if is_paused(db):
-                return  # KubeDB leaves a paused database alone
+            db = self._get(key)
+            if self.settings.pause_handshake and paused_status(db) == "Unknown":
+                self._acknowledge_pause(key, db)
+                return  # the acknowledgement is an event of its own, reconciled in turn
             self._reconcile_phase(db)
-            self._reconcile_petset_secret(db)
+            if not is_paused(db):  # KubeDB leaves a paused database's workloads alone
+                self._reconcile_petset_secret(db)
         except ApiException as exc:
             if exc.status not in (404, 409):  # 409: a newer version is on its way through the watch
                 log.warning("reconcile %s/%s: %s", *key, exc.reason)
+
+    def _get(self, key: tuple[str, str]) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(  # type: ignore[no-any-return]
+            shapes.GROUP, shapes.VERSION, key[0], shapes.PLURAL, key[1]
+        )
+
+    def _acknowledge_pause(self, key: tuple[str, str], db: dict[str, Any]) -> None:
+        """Turn Paused Unknown into True: "I have stopped reconciling", as the ops-manager waits for."""
+        for _ in range(CONFLICT_RETRIES):
+            status = db.get("status") or {}
+            if paused_status(db) != "Unknown":
+                return
+            conditions = [
+                {**c, "status": "True", "lastTransitionTime": _now()} if c.get("type") == "Paused" else c
+                for c in status.get("conditions") or []
+            ]
+            patch = {"metadata": {"resourceVersion": db["metadata"]["resourceVersion"]}}
+            try:
+                body = {**patch, "status": {"conditions": conditions}}
+                self.custom.patch_namespaced_custom_object_status(
+                    shapes.GROUP, shapes.VERSION, key[0], shapes.PLURAL, key[1], body
+                )
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            db = self._get(key)
 
     def _reconcile_phase(self, db: dict[str, Any]) -> None:
         meta = db["metadata"]
         status = db.get("status") or {}
         if status.get("phase") in (None, "Halted"):
             return  # not provisioned by us yet (create_database sets the first phase)
-        pods = self.core.list_namespaced_pod(
-            meta["namespace"], label_selector=f"app.kubernetes.io/instance={meta['name']}"
-        ).items
-        phase = phase_from_pods(pods, int(db["spec"].get("replicas", 1)))
+        pods = podview.list_pods(self.core, meta["namespace"], f"{podview.INSTANCE_LABEL}={meta['name']}")
+        phase = phase_from_pods(
+            podview.database_replicas(pods, meta["name"]), int(db["spec"].get("replicas", 1))
+        )
         if phase != status.get("phase"):
             self.custom.patch_namespaced_custom_object_status(
                 shapes.GROUP,

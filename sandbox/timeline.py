@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Entry:
     resource_version: int
-    kind: str  # secret-written, pod-terminating, pod-deleted, pod-started, paused, resumed
+    # secret-written, secret-deleted, pod-terminating (detail "role=<label>", empty without one),
+    # pod-deleted, pod-started, role-changed (detail "role=<label>"), paused, resumed
+    kind: str
     namespace: str
     name: str
     detail: str = ""

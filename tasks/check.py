@@ -1,46 +1,60 @@
 """Step 4f, the final check, and the end of the rotation's durable record.
 
-Every pod is Ready, every replica accepts the new password and rejects the old one, and there is
-exactly one primary. Only then is the restart-pending mark removed from the secret.
+Every replica runs and is Ready, the availability group has exactly one primary (waited for within
+the timeout: the coordinator elects one after the primary's restart), every replica accepts the new
+password and rejects the old one. Only then is the restart-pending mark removed from the secret.
+An arbiter pod is not a replica: it holds no data and takes no SQL step.
 """
 
 from __future__ import annotations
+
+import time
 
 from prefect import get_run_logger, task
 
 from rotation import constants as c
 from rotation.credentials import finished, read_credentials
-from rotation.errors import PermanentError, TransientError
-from rotation.kube import Kube, pod_is_ready
-from rotation.plan import Endpoint, Target, role_of
+from rotation.errors import PermanentError, StepTimeout, TransientError
+from rotation.kube import Kube
+from rotation.plan import PodView, Target, primaries, roles_settled, usable_replicas
 from rotation.sqlserver import accepts
 from tasks._policy import RETRYING
+
+
+def _problems(pods: list[PodView], target: Target) -> list[str]:
+    names = [r.pod for r in target.replicas]
+    replicas = usable_replicas(pods, target.database, names)
+    if replicas is None:
+        return ["not every replica pod is running"]
+    problems = [f"pod {p.name} is not Ready" for p in pods if p.name in names and not p.ready]
+    if not roles_settled(replicas):
+        problems.append(f"{len(primaries(replicas))} primary pods instead of one")
+    return problems
 
 
 @task(name="check-rotation", **RETRYING)
 def check_rotation(target: Target, auth_secret: str) -> None:
     kube = Kube(target.namespace)
     creds = read_credentials(kube, auth_secret, purpose="the database's auth secret")
-    pods = [p for p in kube.list_database_pods(target.database) if not p.metadata.deletion_timestamp]
+    deadline = time.monotonic() + target.timeout_seconds
+    try:
+        pods = kube.wait_for_database_pods(
+            target.database, lambda pods: not _problems(pods, target), deadline
+        )
+    except TimeoutError:
+        problems = _problems(kube.list_database_pods(target.database), target)
+        raise StepTimeout(
+            f"{target.ref} final check: {'; '.join(problems)} after {target.timeout_seconds:.0f}s. The new "
+            "password is committed; once the database is healthy, run the rotation again to finish"
+        ) from None
+    replicas = usable_replicas(pods, target.database, [r.pod for r in target.replicas]) or ()
     problems = []
-    if len(pods) != len(target.replicas):
-        problems.append(f"{len(pods)} of {len(target.replicas)} pods exist")
-    primaries = 0
-    for pod in pods:
-        name = pod.metadata.name
-        if not pod_is_ready(pod):
-            problems.append(f"pod {name} is not Ready")
-            continue
-        primaries += role_of(pod.metadata.labels or {}, len(target.replicas)) == c.ROLE_PRIMARY
-        endpoint = Endpoint(name, pod.status.pod_ip, target.sql_port)
-        if not accepts(endpoint, creds.username, creds.current):
-            problems.append(f"{endpoint} rejects the new password")
-        if creds.previous is not None and accepts(endpoint, creds.username, creds.previous):
-            problems.append(f"{endpoint} still accepts the old password")
-    if primaries != 1:
-        problems.append(f"{primaries} primary pods instead of one")
+    for replica in replicas:
+        if not accepts(replica.endpoint, creds.username, creds.current):
+            problems.append(f"{replica.endpoint} rejects the new password")
+        if creds.previous is not None and accepts(replica.endpoint, creds.username, creds.previous):
+            problems.append(f"{replica.endpoint} still accepts the old password")
     if problems:
-        # Pods may still be settling (a primary election); anything else was reported above.
         raise TransientError(f"{target.ref} final check: " + "; ".join(problems))
     if c.ANNOTATION_RESTART_PENDING not in creds.annotations:
         raise PermanentError(

@@ -14,6 +14,7 @@ from rotation import constants as c
 from rotation.credentials import committed, read_credentials, unstaged
 from rotation.kube import Kube, now_rfc3339
 from rotation.plan import Stage, Target
+from tasks._guards import confirm_paused
 from tasks._policy import RETRYING
 
 PURPOSE = "the database's auth secret"
@@ -25,6 +26,7 @@ def commit_secret(target: Target, user_secret: str | None, holder: str) -> str:
     if target.stage is Stage.COMMITTED:
         return target.auth_secret
     kube = Kube(target.namespace)
+    confirm_paused(kube, target, holder)
     creds = read_credentials(kube, target.auth_secret, purpose=PURPOSE)
     if creds.next is None:  # committed by an earlier attempt of this task
         return user_secret or target.auth_secret
@@ -56,10 +58,10 @@ def commit_secret(target: Target, user_secret: str | None, holder: str) -> str:
 
 
 @task(name="update-petsets", **RETRYING)
-def update_petsets(target: Target, auth_secret: str) -> None:
+def update_petsets(target: Target, auth_secret: str, holder: str) -> None:
     """Point the PetSet's secret references at the auth secret and drop stale staged keys."""
     kube = Kube(target.namespace)
-    db = kube.get_database(target.database)
+    db = confirm_paused(kube, target, holder)
     if (db["spec"].get("authSecret") or {}).get("name") != auth_secret:
         kube.patch_database_auth_secret(target.database, {"name": auth_secret})
     petset = kube.get_petset(target.database)

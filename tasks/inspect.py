@@ -8,24 +8,29 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from kubernetes import client
 from prefect import get_run_logger, task
 
-from rotation import constants as c
 from rotation.credentials import Credentials, read_credentials
 from rotation.errors import InvalidRequest
 from rotation.kube import Kube
 from rotation.params import ApplyPolicy, RotationRequest
 from rotation.passwords import policy_violation
 from rotation.plan import (
+    PodView,
     Replica,
     Stage,
     Target,
-    active_pause,
-    is_our_pause,
+    active_ops_requests,
+    describe_pause,
+    foreign_pause,
     pause_holder,
-    role_of,
+    pauses,
+    primaries,
+    replica_of,
+    roles_settled,
     stage_of,
+    unsupported_auth_secret,
+    usable_replicas,
 )
 from rotation.sqlserver import accepts
 from tasks._policy import RETRYING
@@ -45,10 +50,29 @@ def _check_database(request: RotationRequest, db: dict[str, Any], stage: Stage) 
             f"{where} is {phase}, not Ready: wait until it is Ready, "
             "or run with apply=Always to rotate anyway"
         )
-    pause = active_pause(db)
-    if pause is not None and not is_our_pause(pause):
-        other = pause.get("message") or pause.get("reason") or "no reason given"
-        raise InvalidRequest(f"{where} is paused by another operation ({other}); wait until it is resumed")
+    pause = foreign_pause(db)
+    if pause is not None:
+        raise InvalidRequest(
+            f"{where} is paused by another operation: {describe_pause(pause)}; wait until it is resumed"
+        )
+
+
+def _check_auth_secret_spec(request: RotationRequest, db: dict[str, Any]) -> None:
+    reason = unsupported_auth_secret((db.get("spec") or {}).get("authSecret") or {})
+    if reason is not None:
+        raise InvalidRequest(
+            f"MSSQLServer {request.namespace}/{request.database} cannot be rotated here: {reason}"
+        )
+
+
+def _check_ops_requests(kube: Kube, request: RotationRequest) -> None:
+    """KubeDB's ops-manager runs one ops request per database at a time; so do we, alongside it."""
+    active = active_ops_requests(kube.list_ops_requests(), request.database)
+    if active:
+        raise InvalidRequest(
+            f"MSSQLServer {request.namespace}/{request.database} has KubeDB MSSQLServerOpsRequest(s) "
+            f"in progress: {', '.join(active)}; wait until they have finished"
+        )
 
 
 def _check_user_secret(kube: Kube, name: str, current: Credentials) -> None:
@@ -69,37 +93,44 @@ def _check_user_secret(kube: Kube, name: str, current: Credentials) -> None:
         )
 
 
-def _running(pod: client.V1Pod) -> bool:
-    return not pod.metadata.deletion_timestamp and bool(pod.status and pod.status.pod_ip)
+def _usable_replicas(pods: list[PodView], database: str, names: list[str]) -> tuple[Replica, ...] | None:
+    """The replicas, once every one of them runs and the roles are settled; None until then."""
+    replicas = usable_replicas(pods, database, names)
+    return replicas if replicas is not None and roles_settled(replicas) else None
 
 
 def _replicas(kube: Kube, request: RotationRequest, db: dict[str, Any]) -> tuple[Replica, ...]:
-    """The database's pods, waiting (within the timeout) for any that is being restarted."""
-    where = f"MSSQLServer {request.namespace}/{request.database}"
-    expected = int((db.get("spec") or {}).get("replicas", 1))
-    found = {p.metadata.name: p for p in kube.list_database_pods(request.database) if _running(p)}
+    """The database's replicas, waiting (within the timeout) for a pod being restarted to be back
+    and for an availability group to have exactly one primary (the coordinator may be electing one)."""
+    names = [f"{request.database}-{n}" for n in range(int((db.get("spec") or {}).get("replicas", 1)))]
     deadline = time.monotonic() + request.timeout_seconds
-    pods = []
-    for name in (f"{request.database}-{ordinal}" for ordinal in range(expected)):  # PetSet naming
-        if name not in found:
-            try:
-                found[name] = kube.wait_for_pod(name, _running, deadline)
-            except TimeoutError:
-                raise InvalidRequest(
-                    f"{where} wants {expected} pod(s) but {name} is not running after {request.timeout}: "
-                    "wait until the database is healthy"
-                ) from None
-        pods.append(found[name])
-    replicas = []
-    for pod in pods:
-        role = role_of(pod.metadata.labels or {}, expected)
-        replicas.append(
-            Replica(pod=pod.metadata.name, host=pod.status.pod_ip, uid=pod.metadata.uid, role=role)
+    try:
+        pods = kube.wait_for_database_pods(
+            request.database,
+            lambda pods: _usable_replicas(pods, request.database, names) is not None,
+            deadline,
         )
-    primaries = [r.pod for r in replicas if r.role == c.ROLE_PRIMARY]
-    if len(primaries) != 1:
-        raise InvalidRequest(f"{where} has {len(primaries)} primary pods ({primaries}); expected exactly one")
-    return tuple(replicas)
+    except TimeoutError:
+        raise InvalidRequest(_not_usable(kube, request, names)) from None
+    replicas = _usable_replicas(pods, request.database, names)
+    assert replicas is not None  # what the wait waited for
+    return replicas
+
+
+def _not_usable(kube: Kube, request: RotationRequest, names: list[str]) -> str:
+    where = f"MSSQLServer {request.namespace}/{request.database}"
+    pods = {p.name: p for p in kube.list_database_pods(request.database)}
+    missing = [n for n in names if n not in pods or not pods[n].ip or pods[n].terminating]
+    if missing:
+        return (
+            f"{where} wants {len(names)} pod(s) but {', '.join(missing)} is not running after "
+            f"{request.timeout}: wait until the database is healthy"
+        )
+    elected = primaries([replica_of(pods[n], len(names)) for n in names])
+    return (
+        f"{where} has {len(elected)} primary pods ({elected}) after {request.timeout}; expected exactly "
+        "one: wait until its availability group has elected a primary"
+    )
 
 
 def _check_logins(target: Target, creds: Credentials) -> None:
@@ -115,22 +146,23 @@ def _check_logins(target: Target, creds: Credentials) -> None:
 
 def _interrupted_run(db: dict[str, Any], stale_lock_holder: str | None, holder: str) -> str | None:
     """A run of ours that died holding the database: it left our pause, or a lock that has lapsed."""
-    pause = active_pause(db)
-    paused_by = pause_holder(pause) if pause is not None else None
+    paused_by = next((pause_holder(p) for p in pauses(db) if pause_holder(p) is not None), None)
     candidate = paused_by or stale_lock_holder
     return candidate if candidate != holder else None
 
 
 @task(name="inspect-database", **RETRYING)
-def inspect_database(request: RotationRequest, sql_port: int, holder: str) -> Target:
+def inspect_database(request: RotationRequest, holder: str) -> Target:
     kube = Kube(request.namespace)
     db = kube.get_database(request.database)
+    _check_auth_secret_spec(request, db)
     stale_lock_holder = refuse_if_locked(kube, request.database, holder)
     secret_name = ((db.get("spec") or {}).get("authSecret") or {}).get("name") or f"{request.database}-auth"
     creds = read_credentials(kube, secret_name, purpose="the database's auth secret")
     interrupted = _interrupted_run(db, stale_lock_holder, holder)
     stage = stage_of(creds.keys, creds.annotations, interrupted_run=interrupted)
     _check_database(request, db, stage)
+    _check_ops_requests(kube, request)
     if request.auth_secret and stage is Stage.IDLE:
         _check_user_secret(kube, request.auth_secret, creds)
     spec = db.get("spec") or {}
@@ -144,7 +176,6 @@ def inspect_database(request: RotationRequest, sql_port: int, holder: str) -> Ta
         replicas=_replicas(kube, request, db),
         stage=stage,
         interrupted_run=interrupted,
-        sql_port=sql_port,
         timeout_seconds=request.timeout_seconds,
     )
     _check_logins(target, creds)

@@ -1,64 +1,135 @@
 """Steps 3 and 5: pause the MSSQLServer (KubeDB's provisioner then leaves it alone) and resume it.
 
-The ``Paused`` condition carries this project's marker in its message, so a resume never removes a
-pause that belongs to another operation, and a re-run recognises a pause left by a killed run.
+Pausing follows KubeDB's handshake: the run writes ``Paused`` with status ``Unknown`` (under the
+resourceVersion it read, so a pause set meanwhile by someone else is never overwritten), and the
+provisioner acknowledges with ``True`` once it has stopped reconciling the database. The condition
+carries this project's marker and the run's id in its message, so a resume never removes a pause that
+belongs to another operation, and a re-run recognises a pause left by a killed run.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import time
+from typing import Any, Final
 
 from prefect import get_run_logger, task
 
 from rotation import constants as c
+from rotation.errors import DatabaseBusy, PauseLost
 from rotation.kube import Kube, now_rfc3339
-from rotation.plan import Target, active_pause, pause_holder, pause_message
+from rotation.plan import Target, describe_pause, foreign_pause, our_pause, pause_holder, pause_message
 from tasks._policy import RETRYING
+
+ACK_SECONDS_ENV: Final = "MSSQL_AUTH_ROTATION_PAUSE_ACK_SECONDS"
+# How long to wait for the provisioner's acknowledgement before pausing without it. Whether KubeDB's
+# MSSQLServer provisioner acknowledges is unverified (other KubeDB databases' do); one that does not
+# still honours a True pause, so waiting longer would only slow every rotation down.
+DEFAULT_ACK_SECONDS: Final = 30.0
 
 
 def _conditions(db: dict[str, Any]) -> list[dict[str, Any]]:
     return list((db.get("status") or {}).get("conditions") or [])
 
 
+def _ack_seconds(target: Target) -> float:
+    return min(target.timeout_seconds, float(os.environ.get(ACK_SECONDS_ENV, DEFAULT_ACK_SECONDS)))
+
+
 @task(name="pause-database", **RETRYING)
-def pause_database(target: Target, run_id: str) -> None:
-    """Add our Paused condition; one left by an interrupted run of ours is taken over."""
+def pause_database(target: Target, holder: str) -> None:
+    """Request our pause and wait until it is in effect. A pause of anyone else means busy: refuse."""
     kube = Kube(target.namespace)
     db = kube.get_database(target.database)
-    current = active_pause(db)
-    if current is not None and pause_holder(current) == run_id:
-        return
-    ref = f"{target.namespace}/{target.database}"
-    kube.record_event(db, "PauseDatabase", f"Pausing MSSQLServer database: {ref}")
-    paused = {
+    other = foreign_pause(db)
+    if other is not None:
+        raise DatabaseBusy(
+            f"{target.ref} was paused by another operation after it was inspected: {describe_pause(other)}. "
+            "Nothing was changed; run the rotation again once it is resumed"
+        )
+    mine = our_pause(db, holder)
+    if mine is None:
+        kube.record_event(db, "PauseDatabase", f"Pausing MSSQLServer database: {target.ref}")
+        db = _request_pause(kube, target, db, holder)
+        mine = our_pause(db, holder)
+    if mine is None or mine.get("status") != c.PAUSE_ACKNOWLEDGED:
+        db = _await_acknowledgement(kube, target, holder)
+    kube.record_event(db, "DatabasePauseSucceeded", f"Successfully paused MSSQLServer database: {target.ref}")
+    get_run_logger().info("%s paused", target.ref)
+
+
+def _request_pause(kube: Kube, target: Target, db: dict[str, Any], holder: str) -> dict[str, Any]:
+    """Write our Paused condition as Unknown; a left-over pause of an interrupted run of ours is replaced.
+
+    The resourceVersion precondition turns a concurrent change into a 409, which is retried from a
+    fresh read (where a pause set meanwhile is seen and refused).
+    """
+    requested = {
         "type": c.CONDITION_PAUSED,
-        "status": "True",
+        "status": c.PAUSE_REQUESTED,
         "reason": c.PAUSE_REASON,
-        "message": pause_message(run_id),
+        "message": pause_message(holder),
         "observedGeneration": db["metadata"].get("generation", 1),
         "lastTransitionTime": now_rfc3339(),
     }
     others = [cond for cond in _conditions(db) if cond.get("type") != c.CONDITION_PAUSED]
-    db = kube.patch_database_status(
-        target.database, {"conditions": [*others, paused]}, db["metadata"]["resourceVersion"]
+    return kube.patch_database_status(
+        target.database, {"conditions": [*others, requested]}, db["metadata"]["resourceVersion"]
     )
-    kube.record_event(db, "DatabasePauseSucceeded", f"Successfully paused MSSQLServer database: {ref}")
-    get_run_logger().info("%s paused", ref)
+
+
+def _await_acknowledgement(kube: Kube, target: Target, holder: str) -> dict[str, Any]:
+    def settled(db: dict[str, Any]) -> bool:
+        mine = our_pause(db, holder)
+        return mine is None or mine.get("status") == c.PAUSE_ACKNOWLEDGED
+
+    try:
+        db = kube.wait_for_database(target.database, settled, time.monotonic() + _ack_seconds(target))
+    except TimeoutError:
+        return _pause_without_acknowledgement(kube, target, holder)
+    if our_pause(db, holder) is None:
+        raise PauseLost(f"{target.ref}: the pause this run requested was removed before it took effect")
+    return db
+
+
+def _pause_without_acknowledgement(kube: Kube, target: Target, holder: str) -> dict[str, Any]:
+    """No acknowledgement in time: a provisioner without the handshake honours a True pause."""
+    seconds = _ack_seconds(target)
+    db = kube.get_database(target.database)
+    conditions = _conditions(db)
+    for cond in conditions:
+        if pause_holder(cond) == holder:
+            cond["status"] = c.PAUSE_ACKNOWLEDGED
+            cond["lastTransitionTime"] = now_rfc3339()
+            break
+    else:
+        raise PauseLost(f"{target.ref}: the pause this run requested was removed before it took effect")
+    message = (
+        f"KubeDB's provisioner did not acknowledge the pause of {target.ref} within {seconds:.0f}s; "
+        "pausing without its acknowledgement"
+    )
+    get_run_logger().warning(message)
+    db = kube.patch_database_status(
+        target.database, {"conditions": conditions}, db["metadata"]["resourceVersion"]
+    )
+    kube.record_event(db, "PauseNotAcknowledged", message, warning=True)
+    return db
 
 
 @task(name="resume-database", **RETRYING)
-def resume_database(target: Target, run_id: str) -> None:
+def resume_database(target: Target, holder: str) -> None:
     """Remove this run's Paused condition, never one that belongs to another run or operation."""
     kube = Kube(target.namespace)
     db = kube.get_database(target.database)
     conditions = _conditions(db)
-    if not any(pause_holder(cond) == run_id for cond in conditions):
+    if not any(pause_holder(cond) == holder for cond in conditions):
         return
-    ref = f"{target.namespace}/{target.database}"
-    kube.record_event(db, "ResumeDatabase", f"Resuming MSSQLServer database: {ref}")
-    remaining = [cond for cond in conditions if pause_holder(cond) != run_id]
+    kube.record_event(db, "ResumeDatabase", f"Resuming MSSQLServer database: {target.ref}")
+    remaining = [cond for cond in conditions if pause_holder(cond) != holder]
     db = kube.patch_database_status(
         target.database, {"conditions": remaining}, db["metadata"]["resourceVersion"]
     )
-    kube.record_event(db, "DatabaseResumeSucceeded", f"Successfully resumed MSSQLServer database: {ref}")
-    get_run_logger().info("%s resumed", ref)
+    kube.record_event(
+        db, "DatabaseResumeSucceeded", f"Successfully resumed MSSQLServer database: {target.ref}"
+    )
+    get_run_logger().info("%s resumed", target.ref)

@@ -25,6 +25,7 @@ MODULES = (
     "tests.e2e.test_bad_inputs",
     "tests.e2e.test_no_leaks",
     "tests.e2e.test_rotate_auth",
+    "tests.e2e.test_kubedb_fidelity",
 )
 
 F = TypeVar("F", bound=Callable[..., object])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pymssql
 from kubernetes import client
@@ -10,14 +11,31 @@ from kubernetes import client
 from sandbox.cluster import Database
 from sandbox.timeline import Entry
 
+BASIC_AUTH = "kubernetes.io/basic-auth"  # a Secret type, not a password
+
 # What KubeDB would have to be paused for: writes to secrets and pod terminations.
 MUTATIONS = ("secret-written", "pod-terminating", "pod-deleted")
 
 
+def server_args(host: str, port: int) -> dict[str, Any]:
+    """pymssql's arguments for a SQL Server at ``host``:``port``.
+
+    FreeTDS cannot reach IPv6 with ``server="::1", port=N`` (measured): the port goes into the
+    server string, ``[::1]:N``, and no port argument is given.
+    """
+    if ":" in host:
+        return {"server": f"[{host}]:{port}"}
+    return {"server": host, "port": str(port)}
+
+
 def logs_in(db: Database, pod: str, password: str) -> bool:
-    """A real pymssql login over TCP to the pod's SQL Server."""
+    """A real pymssql login over TCP to the pod's SQL Server, where its current container listens."""
     try:
-        pymssql.connect(server=db.ip(pod), port="1433", user="sa", password=password, login_timeout=5).close()
+        target = server_args(db.ip(pod), db.port(pod))
+    except KeyError:
+        return False  # its container never started: nothing listens for it
+    try:
+        pymssql.connect(**target, user="sa", password=password, login_timeout=5).close()
         return True
     except pymssql.OperationalError:
         return False
@@ -46,12 +64,15 @@ def event_messages(db: Database) -> list[str]:
     return [e.message for e in db.sandbox.core.list_namespaced_event(db.namespace).items]
 
 
-def create_basic_auth_secret(db: Database, name: str, username: str, password: str) -> None:
+def create_basic_auth_secret(
+    db: Database, name: str, username: str, password: str, *, secret_type: str = BASIC_AUTH
+) -> None:
+    """A user's credentials secret; ``secret_type="Opaque"`` for the kind KubeDB also accepts."""
     db.sandbox.core.create_namespaced_secret(
         db.namespace,
         client.V1Secret(
             metadata=client.V1ObjectMeta(name=name),
-            type="kubernetes.io/basic-auth",
+            type=secret_type,
             data={
                 "username": base64.b64encode(username.encode()).decode(),
                 "password": base64.b64encode(password.encode()).decode(),

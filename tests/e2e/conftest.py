@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,10 @@ def prefect_api() -> Iterator[None]:
 def make_database(sandbox: Sandbox) -> DatabaseFactory:
     """Create a Ready database in a namespace of its own."""
 
-    def make(replicas: int = 3, password: str | None = None) -> Database:
+    def make(replicas: int = 3, password: str | None = None, **options: Any) -> Database:
         namespace = f"e2e-{uuid.uuid4().hex[:8]}"
         return sandbox.create_database(
-            namespace, f"ms-{uuid.uuid4().hex[:6]}", replicas=replicas, password=password
+            namespace, f"ms-{uuid.uuid4().hex[:6]}", replicas=replicas, password=password, **options
         )
 
     return make

@@ -26,8 +26,9 @@ STEP_TASKS = {
     "verify-logins": "verify_logins",
     "commit-secret": "commit_secret",
     "update-petsets": "update_petsets",
+    "get-pod": "get_next_pod",
     "evict-pod": "evict_pod",
-    "check-pod-ready": "wait_pod_ready",
+    "check-pod-running": "check_pod_running",
     "check-rotation": "check_rotation",
     "resume-database": "resume_database",
 }

@@ -23,7 +23,7 @@ from sandbox.cluster import Database, Sandbox
 from sandbox.faultproxy import FaultProxy
 from tests.e2e.conftest import DatabaseFactory
 from tests.fault_matrix import proves
-from tests.support import assert_rotated, assert_untouched, terminated_pods
+from tests.support import assert_rotated, assert_untouched, event_reasons, terminated_pods
 
 URLLIB3_DEFAULT_RETRIES = 3  # urllib3's Retry.DEFAULT, which the kubernetes client keeps
 
@@ -135,12 +135,13 @@ def test_a_500_on_evicting_a_pod_is_retried_and_the_rotation_completes(
 
 
 @proves(
-    fault="evictions refused with 429 Too Many Requests over and over (a disruption budget)",
+    fault="evictions throttled with 429 Too Many Requests over and over, with no disruption budget "
+    "named (API server throttling)",
     where="Kubernetes API: every eviction of the first secondary pod",
-    outcome="asked again every second for half the timeout, then the pod is deleted instead; "
-    "the rotation completes",
+    outcome="asked again every second for half the timeout, then the pod is deleted (UID precondition) "
+    "with a DeletePod Warning Event; the rotation completes",
 )
-def test_an_eviction_refused_for_too_long_falls_back_to_deleting_the_pod(
+def test_an_eviction_throttled_for_too_long_falls_back_to_deleting_the_pod(
     make_database: DatabaseFactory, proxy: FaultProxy, retries: PrefectRetries
 ) -> None:
     db = make_database(replicas=3)
@@ -156,6 +157,7 @@ def test_an_eviction_refused_for_too_long_falls_back_to_deleting_the_pod(
     assert proxy.hits("DELETE", f"/namespaces/{db.namespace}/pods/{first}$") == 1
     assert retries.of("evict-pod") == 0  # a refused eviction is an answer, not an error
     assert terminated_pods(db) == [first, f"{db.name}-2", f"{db.name}-0"]
+    assert event_reasons(db).count("DeletePod") == 1
 
 
 @proves(

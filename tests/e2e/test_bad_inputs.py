@@ -88,9 +88,11 @@ CASES: list[tuple[str, Setup, dict[str, str], str]] = [
     ),
     (
         "user secret of the wrong type",
-        lambda db: put_secret(db, "opaque", type_="Opaque", username="sa", password="Valid-Passw0rd-1"),
-        {"auth_secret": "opaque"},
-        "has type 'Opaque'; it must be kubernetes.io/basic-auth",
+        lambda db: put_secret(
+            db, "typed", type_="example.com/api-token", username="sa", password="Valid-Passw0rd-1"
+        ),
+        {"auth_secret": "typed"},
+        r"has type 'example.com/api-token'; it must be kubernetes.io/basic-auth \(or Opaque\)",
     ),
     (
         "user secret without a password",

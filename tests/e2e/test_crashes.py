@@ -72,7 +72,7 @@ def report_the_dead_run_as_crashed(db: Database) -> None:
 
 
 @proves(
-    fault="SIGKILL of the flow process right after each of its 12 steps, or between two replicas' "
+    fault="SIGKILL of the flow process right after each of its 13 steps, or between two replicas' "
     "ALTER LOGIN",
     where="the flow's process (tests/e2e/crash_driver.py), no `finally` runs",
     outcome="a second run converges: the secret's password logs in everywhere, every pod Ready, "

@@ -26,12 +26,15 @@ KUBEDB_ORDER_3 = [
     "DatabasePauseSucceeded",
     "UpdateCredential",
     "UpdatePetSets",
+    "GetPod--{1}",
     "EvictPod--{1}",
-    "CheckPodReady--{1}",
+    "CheckPodRunning--{1}",
+    "GetPod--{2}",
     "EvictPod--{2}",
-    "CheckPodReady--{2}",
+    "CheckPodRunning--{2}",
+    "GetPod--{0}",
     "EvictPod--{0}",
-    "CheckPodReady--{0}",
+    "CheckPodRunning--{0}",
     "RestartNodes",
     "Successful",
 ]
@@ -85,7 +88,7 @@ def test_the_rotation_records_kubernetes_events_on_the_database(make_database: D
         "DatabasePauseSucceeded",
         "UpdateCredential",
         "EvictPod",
-        "CheckPodReady",
+        "CheckPodRunning",
         "ResumeDatabase",
         "DatabaseResumeSucceeded",
     ):
@@ -123,7 +126,7 @@ def test_a_standalone_database_with_one_replica_is_rotated(make_database: Databa
 
     new = db.secret_data()["password"]
     assert [c.type for c in report.conditions][-3:] == [
-        f"CheckPodReady--{db.name}-0",
+        f"CheckPodRunning--{db.name}-0",
         "RestartNodes",
         "Successful",
     ]

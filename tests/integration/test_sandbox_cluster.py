@@ -254,12 +254,12 @@ def test_the_petset_restarts_pods_only_on_delete_and_feeds_the_sa_password_from_
         assert env["MSSQL_SA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "ag-auth", "key": "password"}
 
 
-def test_the_primary_secondary_and_governing_services_listen_on_1433(
+def test_an_availability_groups_primary_secondary_and_governing_services_listen_on_1433(
     core: client.CoreV1Api, ag_db: Database
 ) -> None:
     services = {s.metadata.name: s for s in core.list_namespaced_service(ag_db.namespace).items}
 
-    assert {"ag", "ag-secondary", "ag-pods"} <= set(services)
+    assert {n for n in services if n.split("-")[0] == "ag"} == {"ag", "ag-secondary", "ag-pods", "ag-stats"}
     for name in ("ag", "ag-secondary", "ag-pods"):
         assert [p.port for p in services[name].spec.ports] == [SQL_PORT]
     assert services["ag"].spec.selector["kubedb.com/role"] == "primary"
@@ -350,7 +350,7 @@ def test_writes_with_a_stale_resource_version_are_refused_with_409(
 
 
 # -- the emulated PetSet controller and kubelet ----------------------------------------------------
-def test_an_evicted_pod_comes_back_ready_with_the_same_name_labels_and_ip_but_a_new_uid(
+def test_an_evicted_pod_comes_back_ready_as_a_secondary_with_its_labels_but_a_new_uid_and_ip(
     sandbox: Sandbox, core: client.CoreV1Api, namespace: str
 ) -> None:
     db = sandbox.create_database(namespace, "db", replicas=3)
@@ -364,12 +364,16 @@ def test_an_evicted_pod_comes_back_ready_with_the_same_name_labels_and_ip_but_a_
         core,
         namespace,
         "db-1",
-        lambda p: p["metadata"]["uid"] != old.metadata.uid and ready_status(p) == "True",
-        "recreated and Ready",
+        lambda p: (
+            p["metadata"]["uid"] != old.metadata.uid
+            and ready_status(p) == "True"
+            and "kubedb.com/role" in p["metadata"]["labels"]
+        ),
+        "recreated, Ready and given a role",
     )
     assert new["metadata"]["labels"] == old.metadata.labels
     assert new["metadata"]["labels"]["kubedb.com/role"] == "secondary"
-    assert new["status"]["podIP"] == old.status.pod_ip == db.ip("db-1")
+    assert new["status"]["podIP"] == db.ip("db-1") != old.status.pod_ip
 
 
 def test_a_pod_restarted_with_a_password_its_login_does_not_know_stays_not_ready_until_the_login_matches(
@@ -437,38 +441,39 @@ def test_the_timeline_records_whether_the_database_was_paused_when_its_secret_wa
     assert [e.kind for e in entries if e.kind in ("paused", "resumed")] == ["paused", "resumed"]
 
 
-def test_the_provisioner_leaves_a_paused_database_alone_and_reconciles_it_after_resume(
-    sandbox: Sandbox, custom: client.CustomObjectsApi, fresh_db: Database
+def test_the_provisioner_leaves_a_paused_databases_petset_alone_and_reconciles_it_after_resume(
+    sandbox: Sandbox, core: client.CoreV1Api, custom: client.CustomObjectsApi, fresh_db: Database
 ) -> None:
     generation = fresh_db.get()["metadata"]["generation"]
     patch_status(custom, fresh_db, {"conditions": [paused_condition(generation)]})
+    core.create_namespaced_secret(
+        fresh_db.namespace,
+        {"metadata": {"name": "moved-auth"}, "stringData": {"username": "sa", "password": new_password()}},
+    )
 
-    patch_status(custom, fresh_db, {"phase": "NotReady"})  # wrong: every pod is Ready
-    # The provisioner handles all MSSQLServers' events in order on one watch: once it has seen a later
-    # event of another object, it is done with this one. (Another write to this object would race with
-    # the provisioner's own status patch, which is conditional on the resourceVersion it saw.)
-    marker = custom.create_namespaced_custom_object(
+    custom.patch_namespaced_custom_object(
         GROUP,
         VERSION,
         fresh_db.namespace,
         PLURAL,
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "MSSQLServer",
-            "metadata": {"name": "marker"},
-            "spec": {},
-        },
+        fresh_db.name,
+        {"spec": {"authSecret": {"name": "moved-auth"}}},
     )
-    sandbox.timeline.wait_for_database_version(
-        fresh_db.namespace, "marker", int(marker["metadata"]["resourceVersion"]), WAIT_S
-    )
-    assert fresh_db.get()["status"]["phase"] == "NotReady"
+    sandbox.settle()  # the provisioner has seen the change and decided
+
+    def petset_secret() -> str:
+        petset = custom.get_namespaced_custom_object(
+            PETSET_GROUP, PETSET_VERSION, fresh_db.namespace, PETSET_PLURAL, fresh_db.name
+        )
+        mssql = next(c for c in petset["spec"]["template"]["spec"]["containers"] if c["name"] == "mssql")
+        env = next(e for e in mssql["env"] if e["name"] == "MSSQL_SA_PASSWORD")
+        return str(env["valueFrom"]["secretKeyRef"]["name"])
+
+    assert petset_secret() == f"{fresh_db.name}-auth"
 
     patch_status(custom, fresh_db, {"conditions": []})
 
-    wait_for_database(
-        custom, fresh_db, lambda d: d["status"].get("phase") == "Ready", "Ready again after resume"
-    )
+    sandbox.wait_for(lambda: petset_secret() == "moved-auth", "the PetSet to follow spec.authSecret.name")
 
 
 # -- SQL Server behind the pods --------------------------------------------------------------------

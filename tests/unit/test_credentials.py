@@ -273,8 +273,8 @@ def _secret(type_: str = c.SECRET_TYPE_BASIC_AUTH, **data: str) -> client.V1Secr
     ("secret", "message"),
     [
         (
-            _secret("Opaque", username="sa", password=OLD),
-            "has type 'Opaque'; it must be kubernetes.io/basic-auth",
+            _secret("kubernetes.io/tls", username="sa", password=OLD),
+            "has type 'kubernetes.io/tls'; it must be kubernetes.io/basic-auth (or Opaque)",
         ),
         (_secret(password=OLD), "has no 'username' key"),
         (_secret(username="sa"), "has no 'password' key"),
@@ -286,6 +286,13 @@ def test_an_unusable_secret_is_refused_naming_it_and_what_is_missing(
 ) -> None:
     with pytest.raises(InvalidRequest, match=re.escape(f"Secret x/s (why) {message}")):
         credentials_from(secret, where="Secret x/s (why)")
+
+
+@pytest.mark.parametrize("type_", [c.SECRET_TYPE_BASIC_AUTH, c.SECRET_TYPE_OPAQUE, None])
+def test_a_basic_auth_or_opaque_secret_is_accepted_as_kubedb_does(type_: str | None) -> None:
+    secret = _secret(username="sa", password=OLD)
+    secret.type = type_  # an empty type is Opaque to the API server
+    assert credentials_from(secret, where="w").current.reveal() == OLD
 
 
 def test_a_valid_secret_yields_its_passwords_wrapped() -> None:

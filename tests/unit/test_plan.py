@@ -9,24 +9,31 @@ import pytest
 from rotation import constants as c
 from rotation.plan import (
     Endpoint,
+    PodView,
     Replica,
     Stage,
     Target,
-    active_pause,
+    active_ops_requests,
+    foreign_pause,
     is_our_pause,
+    next_to_restart,
+    our_pause,
     pause_holder,
     pause_message,
-    restart_order,
+    pauses,
     role_of,
+    roles_settled,
     stage_of,
+    unsupported_auth_secret,
+    usable_replicas,
 )
 
 
-def _replica(pod: str, role: str, host: str = "10.0.0.1") -> Replica:
-    return Replica(pod=pod, host=host, uid=f"uid-{pod}", role=role)
+def _replica(pod: str, role: str, host: str = "10.0.0.1", port: int = 1433) -> Replica:
+    return Replica(pod=pod, host=host, port=port, uid=f"uid-{pod}", role=role)
 
 
-def _target(replicas: tuple[Replica, ...], *, database: str = "mssql", sql_port: int = 1433) -> Target:
+def _target(replicas: tuple[Replica, ...], *, database: str = "mssql") -> Target:
     return Target(
         namespace="demo",
         database=database,
@@ -36,7 +43,6 @@ def _target(replicas: tuple[Replica, ...], *, database: str = "mssql", sql_port:
         topology="AvailabilityGroup",
         replicas=replicas,
         stage=Stage.IDLE,
-        sql_port=sql_port,
         timeout_seconds=300.0,
     )
 
@@ -92,7 +98,7 @@ def test_an_availability_group_replica_has_the_role_its_label_gives(role: str) -
     assert role_of({c.LABEL_ROLE: role}, 3) == role
 
 
-# --- restart_order -------------------------------------------------------------------------------
+# --- next_to_restart -----------------------------------------------------------------------------
 
 
 def test_secondaries_restart_first_by_name_and_the_primary_last_whatever_the_input_order() -> None:
@@ -103,44 +109,101 @@ def test_secondaries_restart_first_by_name_and_the_primary_last_whatever_the_inp
         _replica("mssql-10", c.ROLE_SECONDARY),
     )
     for permutation in itertools.permutations(replicas):
-        order = [r.pod for r in restart_order(permutation)]
+        pending = {r.pod for r in replicas}
+        order = []
+        while (chosen := next_to_restart(permutation, pending)) is not None:
+            order.append(chosen.pod)
+            pending.discard(chosen.pod)
         assert order == ["mssql-0", "mssql-10", "mssql-2", "mssql-1"]
 
 
 def test_a_primary_named_first_alphabetically_still_restarts_last() -> None:
     replicas = (_replica("a-primary", c.ROLE_PRIMARY), _replica("z-secondary", c.ROLE_SECONDARY))
-    assert [r.pod for r in restart_order(replicas)] == ["z-secondary", "a-primary"]
+    assert next_to_restart(replicas, {"a-primary", "z-secondary"}) == replicas[1]
 
 
-def test_a_single_primary_is_its_own_restart_order() -> None:
-    only = _replica("mssql-0", c.ROLE_PRIMARY)
-    assert restart_order((only,)) == [only]
+def test_when_the_primary_moves_the_new_primary_waits_for_the_secondaries_still_pending() -> None:
+    # mssql-1 was restarted, then the coordinator made mssql-2 the primary.
+    now = (
+        _replica("mssql-0", c.ROLE_SECONDARY),
+        _replica("mssql-1", c.ROLE_SECONDARY),
+        _replica("mssql-2", c.ROLE_PRIMARY),
+    )
+    assert next_to_restart(now, {"mssql-0", "mssql-2"}) == now[0]
+    assert next_to_restart(now, {"mssql-2"}) == now[2]
 
 
-def test_restart_order_keeps_every_replica_exactly_once() -> None:
-    replicas = tuple(_replica(f"mssql-{i}", c.ROLE_SECONDARY if i else c.ROLE_PRIMARY) for i in range(5))
-    assert sorted(restart_order(replicas), key=lambda r: r.pod) == sorted(replicas, key=lambda r: r.pod)
+def test_a_pod_already_restarted_is_never_chosen_again() -> None:
+    replicas = (_replica("mssql-0", c.ROLE_PRIMARY), _replica("mssql-1", c.ROLE_SECONDARY))
+    assert next_to_restart(replicas, {"mssql-0"}) == replicas[0]
+    assert next_to_restart(replicas, set()) is None
 
 
-def test_restart_order_of_no_replicas_is_empty() -> None:
-    assert restart_order(()) == []
+# --- roles_settled and usable_replicas ------------------------------------------------------------
+
+
+def test_roles_are_settled_with_exactly_one_primary_and_only_secondaries_beside_it() -> None:
+    primary, secondary = _replica("a", c.ROLE_PRIMARY), _replica("b", c.ROLE_SECONDARY)
+    assert roles_settled((primary, secondary))
+    assert not roles_settled((secondary, _replica("c", c.ROLE_SECONDARY)))  # no primary yet
+    assert not roles_settled((primary, _replica("c", c.ROLE_PRIMARY)))  # two primaries
+    assert not roles_settled((primary, _replica("c", "")))  # a blank role: an election under way
+
+
+def _pod(name: str, *, owner: str | None = "mssql", ip: str | None = "10.0.0.9", role: str = "") -> PodView:
+    return PodView(
+        name=name,
+        uid=f"uid-{name}",
+        ip=ip,
+        port=1433,
+        role_label=role,
+        ready=True,
+        terminating=False,
+        owner=owner,
+    )
+
+
+def test_usable_replicas_take_only_the_databases_own_petset_pods_and_skip_an_arbiter() -> None:
+    pods = [
+        _pod("mssql-0", role=c.ROLE_PRIMARY),
+        _pod("mssql-1", role=c.ROLE_SECONDARY),
+        _pod("mssql-arbiter-0", owner="mssql-arbiter"),
+    ]
+    replicas = usable_replicas(pods, "mssql", ["mssql-0", "mssql-1"])
+    assert replicas is not None and [r.pod for r in replicas] == ["mssql-0", "mssql-1"]
+    assert usable_replicas(pods, "mssql", ["mssql-0", "mssql-1", "mssql-2"]) is None
+
+
+def test_a_pod_without_an_ip_or_on_its_way_down_is_not_usable_yet() -> None:
+    assert usable_replicas([_pod("mssql-0", ip=None)], "mssql", ["mssql-0"]) is None
+    down = PodView("mssql-0", "u", "10.0.0.1", 1433, "", ready=True, terminating=True, owner="mssql")
+    assert usable_replicas([down], "mssql", ["mssql-0"]) is None
+
+
+def test_a_standalone_pod_without_a_role_label_is_the_primary() -> None:
+    replicas = usable_replicas([_pod("mssql-0")], "mssql", ["mssql-0"])
+    assert replicas is not None and replicas[0].role == c.ROLE_PRIMARY
 
 
 # --- Target --------------------------------------------------------------------------------------
 
 
-def test_endpoints_pair_each_replica_ip_with_the_sql_port_in_replica_order() -> None:
+def test_endpoints_pair_each_replica_ip_with_its_own_sql_port_in_replica_order() -> None:
     target = _target(
         (
-            _replica("mssql-1", c.ROLE_PRIMARY, "10.0.0.11"),
-            _replica("mssql-0", c.ROLE_SECONDARY, "10.0.0.10"),
+            _replica("mssql-1", c.ROLE_PRIMARY, "10.0.0.11", 14330),
+            _replica("mssql-0", c.ROLE_SECONDARY, "10.0.0.10", 14331),
         ),
-        sql_port=14330,
     )
     assert target.endpoints() == [
         Endpoint("mssql-1", "10.0.0.11", 14330),
-        Endpoint("mssql-0", "10.0.0.10", 14330),
+        Endpoint("mssql-0", "10.0.0.10", 14331),
     ]
+
+
+def test_an_ipv6_endpoint_puts_the_host_in_brackets_as_freetds_needs() -> None:
+    assert Endpoint("mssql-0", "fd00::5", 1433).address == "[fd00::5]:1433"
+    assert Endpoint("mssql-0", "10.0.0.5", 1433).address == "10.0.0.5:1433"
 
 
 def test_an_endpoint_reads_as_pod_and_address() -> None:
@@ -191,9 +254,64 @@ def test_a_pause_set_by_another_operation_is_not_ours_and_names_no_run() -> None
     assert pause_holder(condition) is None
 
 
-def test_the_active_pause_is_the_true_paused_condition() -> None:
-    paused = {"type": "Paused", "status": "True", "message": "m"}
-    db = {"status": {"conditions": [{"type": "Ready", "status": "True"}, paused]}}
-    assert active_pause(db) == paused
-    assert active_pause({"status": {"conditions": [{**paused, "status": "False"}]}}) is None
-    assert active_pause({}) is None
+def test_a_pause_requested_or_in_effect_pauses_and_a_false_one_does_not() -> None:
+    requested = {"type": "Paused", "status": "Unknown", "message": "m"}
+    in_effect = {"type": "Paused", "status": "True", "message": "m"}
+    db = {"status": {"conditions": [{"type": "Ready", "status": "True"}, requested, in_effect]}}
+    assert pauses(db) == [requested, in_effect]
+    assert pauses({"status": {"conditions": [{**in_effect, "status": "False"}]}}) == []
+    assert pauses({}) == []
+
+
+def test_a_pause_of_another_operation_is_foreign_whether_requested_or_in_effect() -> None:
+    ours = {"type": "Paused", "status": "True", "message": pause_message(RUN)}
+    for status in ("Unknown", "True"):
+        theirs = {"type": "Paused", "status": status, "message": "MSSQLServerOpsRequest x is in process"}
+        db = {"status": {"conditions": [ours, theirs]}}
+        assert foreign_pause(db) == theirs
+        assert our_pause(db, RUN) == ours
+    assert foreign_pause({"status": {"conditions": [ours]}}) is None
+    assert our_pause({"status": {"conditions": [ours]}}, "prefect-flow-run/other") is None
+
+
+# --- KubeDB ops requests and unsupported secrets -------------------------------------------------
+
+
+def _ops(name: str, database: str, phase: str | None, type_: str = "Restart") -> dict[str, object]:
+    request: dict[str, object] = {
+        "metadata": {"name": name},
+        "spec": {"type": type_, "databaseRef": {"name": database}},
+    }
+    if phase is not None:
+        request["status"] = {"phase": phase}
+    return request
+
+
+def test_ops_requests_of_the_database_that_run_or_are_about_to_are_active() -> None:
+    requests = [
+        _ops("a", "mssql", "Progressing"),
+        _ops("b", "mssql", None, "RotateAuth"),
+        _ops("c", "mssql", "Successful"),
+        _ops("d", "mssql", "Failed"),
+        _ops("e", "other", "Progressing"),
+        _ops("f", "mssql", "Approved"),
+    ]
+    assert active_ops_requests(requests, "mssql") == [
+        "a (Restart, Progressing)",
+        "b (RotateAuth, Pending)",
+        "f (Restart, Approved)",
+    ]
+
+
+def test_the_ops_request_this_run_carries_out_is_not_counted_against_it() -> None:
+    requests = [_ops("mine", "mssql", "Progressing", "RotateAuth")]
+    assert active_ops_requests(requests, "mssql", own="mine") == []
+
+
+def test_externally_managed_and_virtual_secrets_are_not_this_tools_to_rotate() -> None:
+    assert unsupported_auth_secret({"name": "x"}) is None
+    assert "externallyManaged" in (unsupported_auth_secret({"name": "x", "externallyManaged": True}) or "")
+    virtual = unsupported_auth_secret(
+        {"name": "x", "apiGroup": "virtual-secrets.dev", "secretStoreName": "vault"}
+    )
+    assert virtual is not None and "vault" in virtual

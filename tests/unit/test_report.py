@@ -110,6 +110,16 @@ def test_steps_are_recorded_in_the_order_they_finish() -> None:
     assert [cond.status for cond in log.conditions] == ["True", "True", "False"]
 
 
+def test_a_step_that_learns_its_subject_records_the_name_it_gave_itself() -> None:
+    log = ConditionLog(clock=_clock([0.0, 1.0, 1.0, 2.0]))
+    with log.step("GetPod", "Got the next pod") as name:
+        name.type, name.message = "GetPod--mssql-1", "Got pod mssql-1"
+    with pytest.raises(RuntimeError), log.step("GetPod", "Got the next pod"):
+        raise RuntimeError("no pod")  # failed before it knew which pod
+    assert [(c.type, c.status) for c in log.conditions] == [("GetPod--mssql-1", "True"), ("GetPod", "False")]
+    assert log.conditions[0].message == "Got pod mssql-1"
+
+
 def test_add_records_a_condition_without_timing_a_block() -> None:
     log = ConditionLog(clock=_clock([]))  # add() must not read the clock
     log.add("Paused", "database paused")

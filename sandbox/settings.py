@@ -1,0 +1,40 @@
+"""The sandbox's switches: how strictly it plays KubeDB, and how fast its pods come and go.
+
+Every switch defaults to the strictest behaviour the sandbox knows (docs/kubedb-fidelity.md says which
+of them real KubeDB is known to have). One Settings object belongs to one Sandbox; its controllers
+read it whenever they act, so the switches marked "runtime" below may be flipped on a running sandbox
+(``sandbox.settings.readiness_follows_password = False``); the others are read once at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IP_FAMILIES = ("ipv4", "ipv6")
+
+
+@dataclass
+class Settings:
+    pod_stop_delay: float = 0.2
+    """runtime: seconds between a pod's deletion and its container stopping."""
+    pod_start_delay: float = 0.3
+    """runtime: seconds between a pod's removal and its recreation."""
+    sql_port: int = 1433
+    """start: the port every pod's SQL Server listens on in IPv4 mode (KubeDB's 1433)."""
+    new_ip_per_restart: bool = True
+    """runtime: each start of a pod's container gets a fresh address (IPv4: a new loopback IP;
+    IPv6: a new port, declared in the new pod's spec). False: a pod name keeps its first address."""
+    ip_family: str = "ipv4"
+    """start: "ipv4" (a loopback IP per pod, port 1433) or "ipv6" (every pod on ::1, a port each)."""
+    role_election_delay: float = 0.3
+    """runtime: seconds an Availability Group goes without role labels after its primary left."""
+    pause_handshake: bool = True
+    """runtime: the provisioner acknowledges a ``Paused`` condition of status Unknown by turning it
+    True. False: it ignores Unknown and honours only True."""
+    readiness_follows_password: bool = True
+    """runtime: a running pod is Ready only while the sa password its container started with logs in
+    to its own instance. False: Ready whenever its SQL Server runs."""
+
+    def __post_init__(self) -> None:
+        if self.ip_family not in IP_FAMILIES:
+            raise ValueError(f"ip_family must be one of {IP_FAMILIES}, not {self.ip_family!r}")

@@ -943,6 +943,37 @@ def _column_name(item: SelectItem) -> str:
     return item.expr.name if isinstance(item.expr, ColumnRef) else ""
 
 
+_ALTER_LOGIN = re.compile(r"\balter\s+login\b", re.IGNORECASE)
+_FIRST_WORD = re.compile(r"\s*([A-Za-z_]+)")
+_TRANSACTION = re.compile(r"\b(begin|commit|rollback|save)\s+tran", re.IGNORECASE)
+_KIND_OF_FIRST_WORD = {
+    "select": "select",
+    "set": "set",
+    "use": "use",
+    "begin": "transaction",
+    "commit": "transaction",
+    "rollback": "transaction",
+    "save": "transaction",
+}
+
+
+def classify_batch(sql: str) -> str:
+    """A short kind for a batch, kept in the encryption record instead of its text (never a secret).
+
+    "alter-login" if the words ALTER LOGIN appear anywhere, even in a comment or a literal (the
+    record errs towards treating a batch as sensitive); else by its first word "select", "set",
+    "use", "transaction" (BEGIN/COMMIT/ROLLBACK/SAVE, also "IF @@TRANCOUNT > 0 COMMIT TRAN"),
+    or "other".
+    """
+    if _ALTER_LOGIN.search(sql):
+        return "alter-login"
+    first = _FIRST_WORD.match(sql)
+    word = first.group(1).lower() if first else ""
+    if word == "if" and _TRANSACTION.search(sql):
+        return "transaction"
+    return _KIND_OF_FIRST_WORD.get(word, "other")
+
+
 def execute_batch(state: InstanceState, session: Session, sql: str) -> BatchOutcome:
     """Run one batch. A syntax error runs nothing; a statement error lets the next statement run."""
     try:

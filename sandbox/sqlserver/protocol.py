@@ -2,7 +2,8 @@
 
 Purpose: turn bytes into typed requests (PRELOGIN, LOGIN7, SQL batch) and typed replies into bytes
 (LOGINACK, ENVCHANGE, ERROR/INFO, COLMETADATA/ROW, DONE). Only what pymssql 2.4.6 (FreeTDS 1.5) needs
-is covered: int and nvarchar columns, plaintext logins (encryption "not supported").
+is covered: int and nvarchar columns, and the PRELOGIN ENCRYPTION option (the TLS itself is in
+transport.py, the choice of encryption mode in encryption.py).
 
 Boundaries: pure functions, no sockets, no SQL semantics. Multi-byte integers are little-endian
 unless the TDS specification (MS-TDS) says otherwise; those places say so.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 HEADER_SIZE = 8
@@ -133,7 +134,19 @@ PRELOGIN_INSTOPT = 0x02
 PRELOGIN_THREADID = 0x03
 PRELOGIN_MARS = 0x04
 PRELOGIN_TERMINATOR = 0xFF
-ENCRYPT_NOT_SUP = 0x02  # FreeTDS then logs in in plaintext when asked for encryption='request'
+
+
+class Encryption(enum.IntEnum):
+    """Values of the PRELOGIN ENCRYPTION option (MS-TDS 2.2.6.5), the same byte in both directions."""
+
+    OFF = 0x00  # available but off: only LOGIN7 travels encrypted
+    ON = 0x01  # available and on: everything after PRELOGIN is encrypted
+    NOT_SUP = 0x02  # not available
+    REQ = 0x03  # required
+
+
+ENCRYPT_NOT_SUP = Encryption.NOT_SUP
+_ENCRYPT_CLIENT_CERT = 0x80  # TDS 7.4 flag OR-ed into the client's value; this emulator ignores it
 
 
 def parse_prelogin(payload: bytes) -> dict[int, bytes]:
@@ -166,13 +179,26 @@ def encode_prelogin(options: Sequence[tuple[int, bytes]]) -> bytes:
     return table + bytes((PRELOGIN_TERMINATOR,)) + data
 
 
-def build_prelogin_reply(*, version: tuple[int, int, int]) -> bytes:
-    """Server PRELOGIN: our version, encryption not supported, no MARS."""
+def prelogin_encryption(options: Mapping[int, bytes]) -> Encryption | None:
+    """The ENCRYPTION value a client sent in its PRELOGIN, or None when it sent no such option."""
+    raw = options.get(PRELOGIN_ENCRYPTION)
+    if not raw:
+        return None
+    value = raw[0] & ~_ENCRYPT_CLIENT_CERT
+    if value not in Encryption.__members__.values():
+        raise ProtocolError(f"unknown PRELOGIN encryption value 0x{raw[0]:02x}")
+    return Encryption(value)
+
+
+def build_prelogin_reply(
+    *, version: tuple[int, int, int], encryption: Encryption = Encryption.NOT_SUP
+) -> bytes:
+    """Server PRELOGIN: our version, the negotiated encryption value, no MARS."""
     major, minor, build = version
     return encode_prelogin(
         [
             (PRELOGIN_VERSION, struct.pack(">BBHH", major, minor, build, 0)),
-            (PRELOGIN_ENCRYPTION, bytes((ENCRYPT_NOT_SUP,))),
+            (PRELOGIN_ENCRYPTION, bytes((encryption,))),
             (PRELOGIN_INSTOPT, b"\x00"),
             (PRELOGIN_THREADID, b""),
             (PRELOGIN_MARS, b"\x00"),
@@ -315,6 +341,18 @@ def parse_rpc_name(payload: bytes) -> str:
         return _decode_ucs2(payload[start : start + 2 * name_length])
     except struct.error as exc:
         raise ProtocolError("truncated RPC request") from exc
+
+
+def rpc_text(payload: bytes) -> str:
+    """An RPC request as a sniffer would read its text: the payload decoded as UTF-16-LE at both byte
+    alignments (NVARCHAR parameters may start at an odd offset) and as Latin-1 (VARCHAR ones)."""
+    return "\n".join(
+        (
+            payload.decode("utf-16-le", "replace"),
+            payload[1:].decode("utf-16-le", "replace"),
+            payload.decode("latin-1"),
+        )
+    )
 
 
 def encode_sql_batch(sql: str) -> bytes:

@@ -6,6 +6,11 @@ engine and send back what it decided, injecting the faults the instance state as
 Boundaries: sockets, threads and message framing live here; what the bytes mean is in protocol.py,
 what the SQL does is in engine.py, and everything that must survive a restart is in the
 InstanceState. One thread accepts, one thread serves each connection; stop() ends them all.
+Encryption: the PRELOGIN answer is encryption.py's decision (from the instance's certificate and
+force-encryption switch); each connection reads and writes through a transport (transport.py)
+that is swapped for TLS after the handshake and back to clear text after a login-only LOGIN7.
+Whatever arrives outside TLS (LOGIN7's user name and password, batch SQL, RPC payloads) also goes
+to the instance's clear-text wire record, for leak checks.
 """
 
 from __future__ import annotations
@@ -18,15 +23,25 @@ import threading
 from collections.abc import Callable
 
 from sandbox.sqlserver import protocol as tds
+from sandbox.sqlserver.encryption import TlsMode, negotiate
 from sandbox.sqlserver.engine import (
     DATABASES,
     BatchOutcome,
     Session,
     SqlError,
     StatementResult,
+    classify_batch,
     execute_batch,
 )
 from sandbox.sqlserver.state import InstanceState
+from sandbox.sqlserver.transport import (
+    PlainTransport,
+    TlsTransport,
+    Transport,
+    accept_tls,
+    recv_exact,
+    server_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +176,8 @@ class _Connection:
         self._close_lock = threading.Lock()
         self._closed = False
         self._packet_size = tds.DEFAULT_PACKET_SIZE
+        self._transport: Transport = PlainTransport(sock)
+        self._number = 0  # the instance's number for this connection, known after PRELOGIN
 
     def serve(self) -> None:
         try:
@@ -187,39 +204,77 @@ class _Connection:
 
     def _handshake_then_batches(self) -> None:
         message = self._read_message()
+        mode = TlsMode.NONE
         if message is not None and message[0] == tds.PacketType.PRELOGIN:
-            tds.parse_prelogin(message[1])
-            log.debug("spid %d prelogin", self.spid)
-            self._send(tds.build_prelogin_reply(version=SERVER_VERSION))
+            mode = self._prelogin(message[1])
+            if mode is TlsMode.REFUSED:
+                return
             message = self._read_message()
+        elif self._state.force_encryption:
+            log.debug("spid %d sent no PRELOGIN to an instance that forces encryption", self.spid)
+            return
+        else:
+            self._number = self._state.new_connection_number()
         if message is None:
             return
         if message[0] != tds.PacketType.LOGIN7:
             raise tds.ProtocolError(f"expected LOGIN7, got packet type 0x{message[0]:02x}")
-        session = self._login(tds.parse_login7(message[1]))
+        login_encrypted = self._transport.encrypted
+        if mode is TlsMode.LOGIN_ONLY:
+            assert isinstance(self._transport, TlsTransport)
+            self._transport = self._transport.drop_tls()  # the reply to LOGIN7 goes out in clear text
+        login = tds.parse_login7(message[1])
+        if not login_encrypted:  # what a sniffer reads: the password is only obfuscated
+            self._state.record_clear_text(self._number, "login7-user", login.user_name)
+            self._state.record_clear_text(self._number, "login7-password", login.password)
+        session = self._login(login, encrypted=login_encrypted)
         if session is None:
             return
         while (message := self._read_message()) is not None:
             if not self._answer(session, *message):
                 return
 
-    def _login(self, login: tds.Login7) -> Session | None:
-        if self._state.take_login_fault():
-            self._refuse_login(self._unavailable_error())
-            return None
-        if not self._state.check_login(login.user_name, login.password):
-            self._refuse_login(SqlError(18456, 14, f"Login failed for user '{login.user_name}'."))
-            return None
+    def _prelogin(self, payload: bytes) -> TlsMode:
+        """Answer PRELOGIN; run the TLS handshake when the answer calls for one."""
+        client = tds.prelogin_encryption(tds.parse_prelogin(payload))
+        certificate, force = self._state.tls_settings()
+        decision = negotiate(client, has_certificate=certificate is not None, force_encryption=force)
+        self._number = self._state.record_connection(client, decision.reply, decision.mode)
+        log.debug("spid %d prelogin", self.spid)
+        self._send(tds.build_prelogin_reply(version=SERVER_VERSION, encryption=decision.reply))
+        if decision.mode in (TlsMode.LOGIN_ONLY, TlsMode.FULL):
+            assert certificate is not None and isinstance(self._transport, PlainTransport)
+            try:
+                self._transport = accept_tls(self._sock, self._transport, server_context(certificate))
+            except (OSError, tds.ProtocolError):  # ssl.SSLError is an OSError: an alert, a reset, ...
+                self._state.record_handshake(self._number, completed=False)
+                raise
+            self._state.record_handshake(self._number, completed=True)
+            log.debug("spid %d tls established (%s)", self.spid, decision.mode.value)
+        return decision.mode
+
+    def _login(self, login: tds.Login7, *, encrypted: bool) -> Session | None:
         database = login.database or "master"
-        if database.lower() not in DATABASES:
-            message = f'Cannot open database "{database}" requested by the login. The login failed.'
-            self._refuse_login(SqlError(4060, 11, message))
+        error = self._login_error(login, database)
+        self._state.record_login(self._number, encrypted=encrypted, accepted=error is None)
+        if error is not None:
+            self._refuse_login(error)
             return None
         if login.packet_size:
             self._packet_size = max(tds.MIN_PACKET_SIZE, min(login.packet_size, tds.MAX_PACKET_SIZE))
         log.debug("spid %d login %r from app %r", self.spid, login.user_name, login.app_name)
         self._send(self._login_ack(database.lower()))
         return Session(login_name=login.user_name, spid=self.spid, database=database.lower())
+
+    def _login_error(self, login: tds.Login7, database: str) -> SqlError | None:
+        if self._state.take_login_fault():
+            return self._unavailable_error()
+        if not self._state.check_login(login.user_name, login.password):
+            return SqlError(18456, 14, f"Login failed for user '{login.user_name}'.")
+        if database.lower() not in DATABASES:
+            message = f'Cannot open database "{database}" requested by the login. The login failed.'
+            return SqlError(4060, 11, message)
+        return None
 
     def _unavailable_error(self) -> SqlError:
         message = (
@@ -251,6 +306,10 @@ class _Connection:
         if packet_type == tds.PacketType.SQL_BATCH:
             sql = tds.parse_sql_batch(payload)
             log.debug("spid %d batch: %r", self.spid, sql)
+            kind = classify_batch(sql)
+            self._state.record_batch(self._number, kind, encrypted=self._transport.encrypted)
+            if not self._transport.encrypted:
+                self._state.record_clear_text(self._number, "batch", sql)
             outcome = execute_batch(self._state, session, sql)
             if outcome.drop_connection:
                 log.debug("spid %d dropped after a committed change (fault)", self.spid)
@@ -263,6 +322,8 @@ class _Connection:
             self._send(tds.token_done(tds.DoneStatus.ATTN))
             return True
         if packet_type == tds.PacketType.RPC:
+            if not self._transport.encrypted:
+                self._state.record_clear_text(self._number, "rpc", tds.rpc_text(payload))
             error = SqlError(2812, 16, f"Could not find stored procedure '{tds.parse_rpc_name(payload)}'.")
             self._send(self._error_token(error) + tds.token_done(tds.DoneStatus.ERROR))
             return True
@@ -277,36 +338,25 @@ class _Connection:
 
     def _read_message(self) -> tuple[int, bytes] | None:
         """One request, reassembled from its packets; None when the client closed between requests."""
-        first = self._recv_exact(tds.HEADER_SIZE, eof_ok=True)
+        first = recv_exact(self._transport, tds.HEADER_SIZE, eof_ok=True)
         if first is None:
             return None
         header = tds.parse_header(first)
         payload = bytearray()
         while True:
-            body = self._recv_exact(header.length - tds.HEADER_SIZE, eof_ok=False)
+            body = recv_exact(self._transport, header.length - tds.HEADER_SIZE, eof_ok=False)
             assert body is not None
             payload += body
             if header.is_last:
                 return header.type, bytes(payload)
             if len(payload) > MAX_MESSAGE_SIZE:
                 raise tds.ProtocolError("request too large")
-            next_header = self._recv_exact(tds.HEADER_SIZE, eof_ok=False)
+            next_header = recv_exact(self._transport, tds.HEADER_SIZE, eof_ok=False)
             assert next_header is not None
             following = tds.parse_header(next_header)
             if following.type != header.type:
                 raise tds.ProtocolError("packet type changed inside a message")
             header = following
-
-    def _recv_exact(self, size: int, *, eof_ok: bool) -> bytes | None:
-        chunks = bytearray()
-        while len(chunks) < size:
-            chunk = self._sock.recv(size - len(chunks))
-            if not chunk:
-                if eof_ok and not chunks:
-                    return None
-                raise tds.ProtocolError("connection closed inside a packet")
-            chunks += chunk
-        return bytes(chunks)
 
     def _send(self, payload: bytes) -> None:
         delay = self._state.faults.reply_delay
@@ -314,8 +364,8 @@ class _Connection:
         if delay > 0 and self._stopping.wait(delay):
             raise _Stopped
         size, spid = self._packet_size, self.spid
-        for packet in tds.encode_packets(tds.PacketType.REPLY, payload, packet_size=size, spid=spid):
-            self._sock.sendall(packet)
+        packets = tds.encode_packets(tds.PacketType.REPLY, payload, packet_size=size, spid=spid)
+        self._transport.sendall(b"".join(packets))  # one write: one TLS record per 16 KiB, not per packet
 
 
 def render_batch_reply(outcome: BatchOutcome, *, server_name: str) -> bytes:

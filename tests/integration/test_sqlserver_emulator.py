@@ -568,3 +568,18 @@ def test_bad_packets_and_abrupt_disconnects_close_only_that_connection(
     socket.create_connection((host, port), timeout=5).close()
     assert query(live, "SELECT 1") == [(1,)]
     assert query(connect("app", APP_PASSWORD), "SELECT 2") == [(2,)]
+
+
+# --- encryption record ---------------------------------------------------------------------------
+
+
+def test_an_instance_without_a_certificate_records_every_login_and_batch_as_clear_text(
+    state: InstanceState, connect: Connect
+) -> None:
+    # The record keeps kinds and flags only, never SQL text: leak checks may scan it.
+    connect(autocommit=True).cursor().execute(alter_sql("app", NEW_PASSWORD))
+    assert [(login.encrypted, login.accepted) for login in state.logins] == [(False, True)]
+    kinds = {(batch.kind, batch.encrypted) for batch in state.batches}
+    assert kinds == {("set", False), ("alter-login", False)}
+    assert state.alter_login_arrived_unencrypted()
+    assert NEW_PASSWORD not in repr((state.connections, state.logins, state.batches))

@@ -14,8 +14,9 @@ from contextlib import AbstractContextManager
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from pydantic import ValidationError
 
-from rotation.errors import RotationError
+from rotation.errors import InvalidRequest, RotationError
 from rotation.params import (
     Apply,
     ApplyPolicy,
@@ -24,6 +25,9 @@ from rotation.params import (
     Namespace,
     RotationRequest,
     Timeout,
+    TlsCaSecretName,
+    TlsVerify,
+    TlsVerifyMode,
 )
 from rotation.plan import Stage, Target
 from rotation.report import ConditionLog, RotationReport, StepName
@@ -52,6 +56,8 @@ def rotate_mssql_auth(
     auth_secret: AuthSecretName = None,
     timeout: Timeout = "5m",
     apply: Apply = ApplyPolicy.IF_READY,
+    tls_verify: TlsVerifyMode = TlsVerify.VERIFY_FULL,
+    tls_ca_secret: TlsCaSecretName = None,
 ) -> RotationReport:
     """Rotate the sa credentials of one KubeDB MSSQLServer.
 
@@ -60,62 +66,85 @@ def rotate_mssql_auth(
     Args:
         namespace: Kubernetes namespace of the MSSQLServer (the ops request's namespace).
         database: Name of the MSSQLServer object whose credentials are rotated (spec.databaseRef.name).
-        auth_secret: Optional name of a kubernetes.io/basic-auth Secret in the same namespace holding the
-            new password (spec.authentication.secretRef.name). Leave empty to generate a strong random
-            password. Its username must be the database's current username. Never type a password here.
-        timeout: How long each step may take, as a duration such as 90s, 5m or 1h30m (spec.timeout).
+        auth_secret: Optional name of a Secret in the same namespace holding the new password
+            (spec.authentication.secretRef.name; kubernetes.io/basic-auth or Opaque). Leave empty to
+            generate a strong random password. Its username must be the database's current username.
+            Never type a password here.
+        timeout: How long each step may take, as a duration such as 90s, 5m or 1h30m (spec.timeout);
+            at least 10s.
         apply: IfReady refuses unless the database is Ready; Always rotates whatever its phase (spec.apply).
+        tls_verify: Every connection is encrypted. VerifyFull checks each replica's certificate against
+            the trusted CA and the pod's DNS name; VerifyCA against the CA only; TrustServerCertificate
+            checks nothing (not recommended; the report says so).
+        tls_ca_secret: Optional Secret (same namespace) whose ca.crt is the CA to trust. Empty: the CA
+            of the database's own TLS certificate (Secret <db>-server-cert).
     """
-    request = RotationRequest(
-        namespace=namespace, database=database, auth_secret=auth_secret, timeout=timeout, apply=apply
+    request = _validated(
+        namespace=namespace,
+        database=database,
+        auth_secret=auth_secret,
+        timeout=timeout,
+        apply=apply,
+        tls_verify=tls_verify,
+        tls_ca_secret=tls_ca_secret,
     )
     conditions = ConditionLog()
-    holder = _holder_identity()
     secret_in_use: str | None = None
+    target: Target | None = None
     try:
         with conditions.step("RotateAuth", "Started the rotation of the database's credentials"):
-            target = inspect_database(request, holder)
-        acquire_lock(target, holder, lease_seconds())
+            target = inspect_database(request, _holder_identity())
+        acquire_lock(target, lease_seconds())
         try:
-            with LockKeeper(target, holder, lease_seconds()) as keeper:
-                secret_in_use = _rotate(target, request.auth_secret, _checked(conditions, keeper), holder)
+            with LockKeeper(target, lease_seconds()) as keeper:
+                secret_in_use = _rotate(target, request.auth_secret, _checked(conditions, keeper))
         finally:
-            release_lock(target, holder)
+            release_lock(target)
     except Exception as exc:
         conditions.add("Failed", str(exc))
-        _report(request, conditions, "Failed", secret_in_use, failure=str(exc))
+        _report(request, target, conditions, "Failed", secret_in_use, failure=str(exc))
         raise
+    assert target is not None  # inspect_database returned
     conditions.add("Successful", _success_message(target))
-    return _report(request, conditions, "Successful", secret_in_use)
+    return _report(request, target, conditions, "Successful", secret_in_use)
 
 
-def _rotate(target: Target, user_secret: str | None, step: Step, holder: str) -> str:
+def _validated(**parameters: object) -> RotationRequest:
+    """The request, or ``InvalidRequest`` saying which parameter is wrong and why."""
+    try:
+        return RotationRequest.model_validate(parameters)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(f"invalid parameters: {problems}") from None
+
+
+def _rotate(target: Target, user_secret: str | None, step: Step) -> str:
     try:
         with step("DatabasePauseSucceeded", "Successfully paused database"):
-            pause_database(target, holder)
+            pause_database(target)
         if target.stage is Stage.RESUME_ONLY:
             return target.auth_secret  # the interrupted run had finished all but resuming
         with step("UpdateCredential", "Updated the credentials on every replica and in the secret"):
-            secret_in_use = _update_credentials(target, user_secret, holder)
+            secret_in_use = _update_credentials(target, user_secret)
         with step("UpdatePetSets", "Successfully updated the PetSets"):
-            update_petsets(target, secret_in_use, holder)
-        _restart_pods(target, step, holder)
+            update_petsets(target, secret_in_use)
+        _restart_pods(target, step)
         with step("RestartNodes", "Successfully restarted all nodes"):
             check_rotation(target, secret_in_use)
     finally:
-        resume_database(target, holder)
+        resume_database(target)
     return secret_in_use
 
 
-def _restart_pods(target: Target, step: Step, holder: str) -> None:
+def _restart_pods(target: Target, step: Step) -> None:
     """One pod at a time; the roles are read again before each, so the primary always goes last."""
-    pending = [replica.pod for replica in target.replicas]
+    pending = list(target.restart)
     while pending:
         with step("GetPod", "Got the next pod to restart") as condition:
             replica = get_next_pod(target, pending)
             condition.type, condition.message = f"GetPod--{replica.pod}", f"Got pod {replica.pod}"
         with step(f"EvictPod--{replica.pod}", f"Evicted pod {replica.pod}"):
-            evict_pod(target, replica, holder)
+            evict_pod(target, replica)
         with step(f"CheckPodRunning--{replica.pod}", f"Pod {replica.pod} is running with the new password"):
             check_pod_running(target, replica)
         pending.remove(replica.pod)
@@ -144,11 +173,11 @@ def _success_message(target: Target) -> str:
     return "Successfully rotated the credentials"
 
 
-def _update_credentials(target: Target, user_secret: str | None, holder: str) -> str:
+def _update_credentials(target: Target, user_secret: str | None) -> str:
     """Stage → Set → Verify (a failure of Set or Verify puts the old password back), then Commit."""
     if target.stage is Stage.COMMITTED:
-        get_run_logger().info("%s: credentials already committed; finishing the restarts", target.ref)
-        return target.auth_secret
+        get_run_logger().info("%s: credentials already committed; finishing the rotation", target.ref)
+        return commit_secret(target, None)  # its second half may be missing
     source = stage_new_password(target, user_secret)
     try:
         set_password_on_replicas(target)
@@ -156,7 +185,7 @@ def _update_credentials(target: Target, user_secret: str | None, holder: str) ->
     except Exception as failure:
         _roll_back(target, failure)
         raise
-    return commit_secret(target, source, holder)
+    return commit_secret(target, source)
 
 
 def _roll_back(target: Target, failure: Exception) -> None:
@@ -171,13 +200,19 @@ def _roll_back(target: Target, failure: Exception) -> None:
 
 
 def _report(
-    request: RotationRequest, conditions: ConditionLog, outcome: str, secret: str | None, failure: str = ""
+    request: RotationRequest,
+    target: Target | None,
+    conditions: ConditionLog,
+    outcome: str,
+    secret: str | None,
+    failure: str = "",
 ) -> RotationReport:
     report = RotationReport(
         namespace=request.namespace,
         database=request.database,
         outcome=outcome,
         auth_secret=secret,
+        tls=target.tls.describe() if target is not None else None,
         conditions=conditions.conditions,
     )
     _best_effort(publish_report, report)

@@ -46,6 +46,10 @@ ANNOTATION_ACTIVE_FROM: Final = "kubedb.com/auth-active-from"
 # Ours: set when the new credentials are committed and the pods still run with the old ones;
 # removed after the last restart. A re-run that finds it finishes the restarts instead of rotating again.
 ANNOTATION_RESTART_PENDING: Final = "mssql-auth-rotation.kubedb.com/restart-pending"
+# Ours, with the mark above: the UIDs of the pods that were running when the credentials were
+# committed. A pod with another UID started afterwards, with the new credentials: a recovery run
+# does not restart it again.
+ANNOTATION_RESTART_PODS: Final = "mssql-auth-rotation.kubedb.com/restart-pods"
 
 # Ours: the Prefect flow run (or local run) that committed the current credentials. Lets a re-run
 # tell "the interrupted run had finished, it only missed resuming" from "it had not started".

@@ -10,7 +10,7 @@ from kubernetes import client
 
 from rotation import constants as c
 from rotation.errors import InvalidRequest
-from rotation.kube import Kube, decode_secret_data, encode_secret_data
+from rotation.kube import Kube, encode_text, secret_text
 from rotation.passwords import Password
 
 
@@ -48,76 +48,104 @@ def credentials_from(secret: client.V1Secret, *, where: str) -> Credentials:
     """Validate a credentials Secret and wrap its values (pure; ``where`` names it in errors).
 
     Like KubeDB, a basic-auth or an Opaque Secret is accepted when its username and password are set.
+    Only the keys read here are decoded.
     """
     if (secret.type or c.SECRET_TYPE_OPAQUE) not in (c.SECRET_TYPE_BASIC_AUTH, c.SECRET_TYPE_OPAQUE):
         raise InvalidRequest(
             f"{where} has type {secret.type!r}; it must be {c.SECRET_TYPE_BASIC_AUTH} "
             f"(or {c.SECRET_TYPE_OPAQUE}) with the keys {c.KEY_USERNAME!r} and {c.KEY_PASSWORD!r}"
         )
-    data = decode_secret_data(secret.data)
-    username = data.get(c.KEY_USERNAME, "")
+
+    def text(key: str) -> str | None:
+        return secret_text(secret.data, key, where=where)
+
+    username = text(c.KEY_USERNAME)
     if not username:
         raise InvalidRequest(f"{where} has no {c.KEY_USERNAME!r} key: add the database username")
-    if not data.get(c.KEY_PASSWORD):
+    current = text(c.KEY_PASSWORD)
+    if not current:
         raise InvalidRequest(f"{where} has no {c.KEY_PASSWORD!r} key: add the password")
 
     def optional(key: str) -> Password | None:
-        return Password(data[key]) if data.get(key) else None
+        value = text(key)
+        return Password(value) if value else None
 
     return Credentials(
         secret=secret,
         username=username,
-        current=Password(data[c.KEY_PASSWORD]),
+        current=Password(current),
         next=optional(c.KEY_PASSWORD_NEXT),
         previous=optional(c.KEY_PASSWORD_PREV),
     )
 
 
-def _with_data(secret: client.V1Secret, data: dict[str, str], annotations: dict[str, str]) -> client.V1Secret:
-    """A copy of ``secret`` (same resourceVersion) with new data and annotations."""
+def _with_changes(
+    secret: client.V1Secret, changes: dict[str, str | None], annotations: dict[str, str]
+) -> client.V1Secret:
+    """A copy of ``secret`` (same resourceVersion): ``changes`` set (or, with None, remove) keys;
+    every other key is kept as the raw bytes it was, never decoded."""
     updated = copy.deepcopy(secret)
-    updated.data = encode_secret_data(data)
+    data = dict(secret.data or {})
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = encode_text(value)
+    updated.data = data
     updated.metadata.annotations = annotations or None
     return updated
 
 
 def staged(creds: Credentials, new: Password) -> client.V1Secret:
     """The secret with ``username.next``/``password.next`` holding the new password."""
-    data = decode_secret_data(creds.secret.data)
-    data[c.KEY_USERNAME_NEXT] = creds.username
-    data[c.KEY_PASSWORD_NEXT] = new.reveal()
-    return _with_data(creds.secret, data, creds.annotations)
+    changes: dict[str, str | None] = {c.KEY_USERNAME_NEXT: creds.username, c.KEY_PASSWORD_NEXT: new.reveal()}
+    return _with_changes(creds.secret, changes, creds.annotations)
 
 
 def unstaged(creds: Credentials) -> client.V1Secret:
     """The secret without the ``.next`` keys (rollback, or cleanup after a switch of secret)."""
-    data = decode_secret_data(creds.secret.data)
-    data.pop(c.KEY_USERNAME_NEXT, None)
-    data.pop(c.KEY_PASSWORD_NEXT, None)
-    return _with_data(creds.secret, data, creds.annotations)
+    changes: dict[str, str | None] = {c.KEY_USERNAME_NEXT: None, c.KEY_PASSWORD_NEXT: None}
+    return _with_changes(creds.secret, changes, creds.annotations)
 
 
 def committed(
-    creds: Credentials, *, new: Password, old: Password, active_from: str, previous_secret: str, holder: str
+    creds: Credentials,
+    *,
+    new: Password,
+    old: Password,
+    active_from: str,
+    previous_secret: str,
+    holder: str,
+    pods_to_restart: list[str],
 ) -> client.V1Secret:
-    """``.prev`` ← old, ``password`` ← new, no ``.next``; marked as waiting for the pod restarts."""
-    data = decode_secret_data(creds.secret.data)
-    data.pop(c.KEY_USERNAME_NEXT, None)
-    data.pop(c.KEY_PASSWORD_NEXT, None)
-    data[c.KEY_USERNAME_PREV] = creds.username
-    data[c.KEY_PASSWORD_PREV] = old.reveal()
-    data[c.KEY_USERNAME] = creds.username
-    data[c.KEY_PASSWORD] = new.reveal()
+    """``.prev`` ← old, ``password`` ← new, no ``.next``; marked as waiting for the restarts of
+    ``pods_to_restart`` (the UIDs of the pods running when the credentials changed)."""
+    changes: dict[str, str | None] = {
+        c.KEY_USERNAME_NEXT: None,
+        c.KEY_PASSWORD_NEXT: None,
+        c.KEY_USERNAME_PREV: creds.username,
+        c.KEY_PASSWORD_PREV: old.reveal(),
+        c.KEY_USERNAME: creds.username,
+        c.KEY_PASSWORD: new.reveal(),
+    }
     annotations = {
         **creds.annotations,
         c.ANNOTATION_ACTIVE_FROM: active_from,
         c.ANNOTATION_RESTART_PENDING: previous_secret,
+        c.ANNOTATION_RESTART_PODS: ",".join(sorted(pods_to_restart)),
         c.ANNOTATION_ROTATED_BY: holder,
     }
-    return _with_data(creds.secret, data, annotations)
+    return _with_changes(creds.secret, changes, annotations)
+
+
+def pods_to_restart(creds: Credentials) -> set[str] | None:
+    """UIDs of the pods that still run with the old credentials; None when the mark predates them."""
+    value = creds.annotations.get(c.ANNOTATION_RESTART_PODS)
+    return None if value is None else {uid for uid in value.split(",") if uid}
 
 
 def finished(creds: Credentials) -> client.V1Secret:
     annotations = creds.annotations
     annotations.pop(c.ANNOTATION_RESTART_PENDING, None)
-    return _with_data(creds.secret, decode_secret_data(creds.secret.data), annotations)
+    annotations.pop(c.ANNOTATION_RESTART_PODS, None)
+    return _with_changes(creds.secret, {}, annotations)

@@ -45,3 +45,7 @@ class DatabaseBusy(PermanentError):
 
 class PauseLost(PermanentError):
     """This run's pause was removed mid-rotation (KubeDB removes every pause when an ops request ends)."""
+
+
+class TlsRefused(PermanentError):
+    """No verified TLS connection to a replica: nothing, and no password, was sent to it."""

@@ -32,9 +32,10 @@ REQUEST_TIMEOUT: Final = (5, 30)  # (connect, read) seconds for every call
 TRANSIENT_STATUS: Final = {409, 429, 500, 502, 503, 504}
 WATCH_RETRY_MIN_S: Final = 0.1
 WATCH_RETRY_MAX_S: Final = 2.0
-WATCH_WINDOW_MAX_S: Final = 30
+WATCH_WINDOW_MAX_S: Final = 10  # a wait's guard (e.g. the lock check) runs at least this often
 Json = dict[str, Any]
 T = TypeVar("T")
+Guard = Callable[[], None] | None
 # The API server's cause when an eviction would break a PodDisruptionBudget (a 429).
 DISRUPTION_BUDGET_CAUSE: Final = "DisruptionBudget"
 _BUDGET_NAME = re.compile(r"disruption budget (\S+)")
@@ -135,12 +136,24 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def decode_secret_data(data: dict[str, str] | None) -> dict[str, str]:
-    return {key: base64.b64decode(value).decode("utf-8") for key, value in (data or {}).items()}
+def secret_text(data: dict[str, str] | None, key: str, *, where: str) -> str | None:
+    """One key of a Secret's data as UTF-8 text, or None when absent.
+
+    Only the keys the rotation uses are ever decoded. A value that is not UTF-8 is an error naming
+    the secret and the key; its bytes appear nowhere (not even in the exception's context).
+    """
+    raw = (data or {}).get(key)
+    if raw is None:
+        return None
+    try:
+        return base64.b64decode(raw, validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error and UnicodeDecodeError both are
+        pass
+    raise InvalidRequest(f"{where}: the value of key {key!r} is not UTF-8 text; store it as UTF-8")
 
 
-def encode_secret_data(data: dict[str, str]) -> dict[str, str]:
-    return {key: base64.b64encode(value.encode("utf-8")).decode("ascii") for key, value in data.items()}
+def encode_text(value: str) -> str:
+    return base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
 class Eviction(Enum):
@@ -231,7 +244,9 @@ class Kube:
             {"spec": {"authSecret": auth_secret}},
         )
 
-    def wait_for_database(self, name: str, done: Callable[[Json], bool], deadline: float) -> Json:
+    def wait_for_database(
+        self, name: str, done: Callable[[Json], bool], deadline: float, guard: Guard = None
+    ) -> Json:
         """Watch the MSSQLServer until ``done(db)`` holds; TimeoutError at ``deadline`` (monotonic)."""
         where = self._where("MSSQLServer", name)
         found: dict[str, Json] = self._watch_until(
@@ -241,9 +256,21 @@ class Kube:
             lambda db: (str(db["metadata"]["name"]), dict(db)),
             lambda items: name in items and done(items[name]),
             deadline,
+            guard,
             field_selector=f"metadata.name={name}",
         )
         return found[name]
+
+    def list_databases(self) -> list[Json]:
+        listing = call(
+            f"list the MSSQLServers of namespace {self.namespace}",
+            self.custom.list_namespaced_custom_object,
+            c.DB_GROUP,
+            c.DB_VERSION,
+            self.namespace,
+            c.DB_PLURAL,
+        )
+        return list(listing.get("items") or [])
 
     # -- MSSQLServerOpsRequest ---------------------------------------------------------------
     def list_ops_requests(self) -> list[Json]:
@@ -360,7 +387,9 @@ class Kube:
             answers={404: None, 409: None},
         )  # gone, or already replaced by a new pod
 
-    def wait_for_pod(self, name: str, done: Callable[[PodView | None], bool], deadline: float) -> PodView:
+    def wait_for_pod(
+        self, name: str, done: Callable[[PodView | None], bool], deadline: float, guard: Guard = None
+    ) -> PodView:
         """Watch one pod until ``done(pod)`` holds; raises TimeoutError at ``deadline`` (monotonic)."""
         found = self._watch_until(
             self._where("Pod", name),
@@ -369,12 +398,13 @@ class Kube:
             lambda pod: (pod.metadata.name, pod_view(pod)),
             lambda pods: done(pods.get(name)),
             deadline,
+            guard,
             field_selector=f"metadata.name={name}",
         )
         return found[name]
 
     def wait_for_database_pods(
-        self, database: str, done: Callable[[list[PodView]], bool], deadline: float
+        self, database: str, done: Callable[[list[PodView]], bool], deadline: float, guard: Guard = None
     ) -> list[PodView]:
         """Watch the database's pods until ``done(pods)`` holds (e.g. a primary is elected)."""
         found = self._watch_until(
@@ -384,6 +414,7 @@ class Kube:
             lambda pod: (pod.metadata.name, pod_view(pod)),
             lambda pods: done(sorted(pods.values(), key=lambda pod: pod.name)),
             deadline,
+            guard,
             label_selector=self._database_selector(database),
         )
         return sorted(found.values(), key=lambda pod: pod.name)
@@ -396,16 +427,20 @@ class Kube:
         identify: Callable[[Any], tuple[str, T]],
         done: Callable[[dict[str, T]], bool],
         deadline: float,
+        guard: Guard,
         **selectors: str,
     ) -> dict[str, T]:
         """List, then watch from the listed version, until ``done(objects by name)`` holds.
 
-        A watch that breaks, or ends much sooner than asked, is resumed after a growing pause (a
-        refused permission is raised at once), so a persistent fault cannot become a request flood.
-        Raises TimeoutError at ``deadline`` (monotonic).
+        ``guard`` runs at every event and at least every WATCH_WINDOW_MAX_S, and may raise to end the
+        wait (a run that lost its lock). A watch that breaks, or ends much sooner than asked, is
+        resumed after a growing pause (a refused permission is raised at once), so a persistent fault
+        cannot become a request flood. Raises TimeoutError at ``deadline`` (monotonic).
         """
         pause = WATCH_RETRY_MIN_S
+        check = guard or (lambda: None)
         while True:
+            check()
             listing = call(f"list {what}", functools.partial(list_fn, **selectors), *args)
             items = dict(identify(item) for item in _items_of(listing))
             if done(items):
@@ -429,6 +464,7 @@ class Kube:
                         break  # e.g. 410 Gone: list and watch again
                     if event["type"] == "BOOKMARK":
                         continue
+                    check()
                     name, view = identify(event["object"])
                     if event["type"] == "DELETED":
                         items.pop(name, None)

@@ -16,6 +16,9 @@ from rotation.durations import parse_duration
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# An optional secret name: empty (a form's blank field) means "none".
+OPTIONAL_DNS1123_SUBDOMAIN = r"^$|" + DNS1123_SUBDOMAIN
+MIN_TIMEOUT_S = 10.0  # a pod restart, an election or a TLS login needs more than a few seconds
 
 
 class ApplyPolicy(StrEnum):
@@ -23,6 +26,14 @@ class ApplyPolicy(StrEnum):
 
     IF_READY = "IfReady"
     ALWAYS = "Always"
+
+
+class TlsVerify(StrEnum):
+    """How each replica's TLS certificate is checked (every connection is encrypted regardless)."""
+
+    VERIFY_FULL = "VerifyFull"  # issued by the trusted CA and naming the pod's DNS name
+    VERIFY_CA = "VerifyCA"  # issued by the trusted CA, whatever name it carries
+    TRUST_SERVER_CERTIFICATE = "TrustServerCertificate"  # encrypted, NOT verified: an explicit choice
 
 
 Namespace = Annotated[
@@ -56,9 +67,32 @@ AuthSecretName = Annotated[
             "(spec.authentication.secretRef.name). Leave empty to generate a strong random password. "
             "Its username must be the database's current username. Never type a password here."
         ),
-        min_length=1,
         max_length=253,
-        pattern=DNS1123_SUBDOMAIN,
+        pattern=OPTIONAL_DNS1123_SUBDOMAIN,
+    ),
+]
+TlsVerifyMode = Annotated[
+    TlsVerify,
+    Field(
+        title="TLS certificate check",
+        description=(
+            "Every connection to SQL Server is encrypted. VerifyFull: each replica's certificate must be "
+            "issued by the trusted CA and name the pod (<pod>.<db>-pods.<ns>.svc). VerifyCA: issued by the "
+            "trusted CA, any name. TrustServerCertificate: encrypt without checking the certificate "
+            "(not recommended; the report says so)."
+        ),
+    ),
+]
+TlsCaSecretName = Annotated[
+    str | None,
+    Field(
+        title="Trusted CA secret (optional)",
+        description=(
+            "Name of a Secret in the same namespace whose ca.crt is the CA to trust. Leave empty to use "
+            "the CA of the database's own TLS certificate (spec.tls: Secret <db>-server-cert)."
+        ),
+        max_length=253,
+        pattern=OPTIONAL_DNS1123_SUBDOMAIN,
     ),
 ]
 Timeout = Annotated[
@@ -91,13 +125,24 @@ class RotationRequest(BaseModel):
     auth_secret: AuthSecretName = None
     timeout: Timeout = "5m"
     apply: Apply = ApplyPolicy.IF_READY
+    tls_verify: TlsVerifyMode = TlsVerify.VERIFY_FULL
+    tls_ca_secret: TlsCaSecretName = None
 
     @property
     def timeout_seconds(self) -> float:
         return parse_duration(self.timeout)
 
+    @field_validator("auth_secret", "tls_ca_secret")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
     @field_validator("timeout")
     @classmethod
-    def _positive_timeout(cls, value: str) -> str:
-        parse_duration(value)
+    def _sane_timeout(cls, value: str) -> str:
+        if parse_duration(value) < MIN_TIMEOUT_S:
+            raise ValueError(
+                f"timeout {value!r} is too short: a step (a pod restart, an election) needs at least "
+                f"{MIN_TIMEOUT_S:.0f}s; give 10s or more, e.g. '5m'"
+            )
         return value

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from rotation import constants as c
+from rotation.tls import TlsProfile, pod_dns_name
 
 
 class Stage(StrEnum):
@@ -24,11 +25,14 @@ class Stage(StrEnum):
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where one replica's SQL Server listens: its pod's IP and the SQL port it declares."""
+    """Where one replica's SQL Server listens (its pod's IP and the SQL port it declares), the name
+    its certificate must carry, and what the rotation trusts there."""
 
     pod: str
     host: str
     port: int
+    server_name: str  # <pod>.<db>-pods.<ns>.svc
+    tls: TlsProfile
 
     @property
     def address(self) -> str:
@@ -62,10 +66,6 @@ class Replica(BaseModel):
     uid: str
     role: str  # primary, secondary, or "" while the coordinator elects a primary
 
-    @property
-    def endpoint(self) -> Endpoint:
-        return Endpoint(self.pod, self.host, self.port)
-
 
 class Target(BaseModel):
     """One database as the rotation found it. Holds names and addresses, never a secret value."""
@@ -81,14 +81,22 @@ class Target(BaseModel):
     replicas: tuple[Replica, ...]
     stage: Stage
     timeout_seconds: float
+    tls: TlsProfile
+    restart: tuple[str, ...]  # the pods still to restart: all, or those an interrupted run left
+    holder: str  # this run, as it names itself in the Lease, the pause and the secret
     interrupted_run: str | None = None  # a run of ours that died and left the database paused
+    lapsed_lock_version: str | None = None  # resourceVersion of a dead run's Lease, judged lapsed
 
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.database}"
 
     def endpoints(self) -> list[Endpoint]:
-        return [r.endpoint for r in self.replicas]
+        return [self.endpoint_of(r) for r in self.replicas]
+
+    def endpoint_of(self, replica: Replica) -> Endpoint:
+        name = pod_dns_name(replica.pod, self.database, self.namespace)
+        return Endpoint(replica.pod, replica.host, replica.port, name, self.tls)
 
     @property
     def lock_name(self) -> str:
@@ -100,13 +108,18 @@ def lock_name(database: str) -> str:
     return f"{database}-rotate-auth"
 
 
-def stage_of(keys: set[str], annotations: dict[str, str], interrupted_run: str | None = None) -> Stage:
-    """Where the rotation stands; ``interrupted_run`` is a run of ours that died mid-rotation, if any."""
+def stage_of(keys: set[str], annotations: dict[str, str], paused_by: str | None = None) -> Stage:
+    """Where the rotation stands. ``paused_by`` is the run of ours whose pause is still on the
+    database (it died before resuming), if any.
+
+    RESUME_ONLY needs that pause: a run that finished and resumed but could not release its Lease
+    also left its name on the secret, and the next run must then rotate, not do nothing.
+    """
     if c.ANNOTATION_RESTART_PENDING in annotations:
         return Stage.COMMITTED
     if c.KEY_PASSWORD_NEXT in keys:
         return Stage.STAGED
-    if interrupted_run is not None and annotations.get(c.ANNOTATION_ROTATED_BY) == interrupted_run:
+    if paused_by is not None and annotations.get(c.ANNOTATION_ROTATED_BY) == paused_by:
         return Stage.RESUME_ONLY
     return Stage.IDLE
 
@@ -231,3 +244,14 @@ def unsupported_auth_secret(auth_secret: dict[str, Any]) -> str | None:
             "write; rotate it in that store"
         )
     return None
+
+
+def secret_users(databases: Sequence[dict[str, Any]], secret: str) -> list[str]:
+    """The MSSQLServers (of one namespace) whose auth secret is ``secret``."""
+    users = []
+    for db in databases:
+        auth = (db.get("spec") or {}).get("authSecret") or {}
+        name = db.get("metadata", {}).get("name", "")
+        if (auth.get("name") or f"{name}-auth") == secret:
+            users.append(name)
+    return sorted(users)

@@ -32,12 +32,15 @@ class RotationReport(BaseModel):
     outcome: str  # Successful or Failed
     auth_secret: str | None
     conditions: list[Condition]
+    tls: str | None = None  # how the replicas were reached (encrypted; verified against what)
 
     def markdown(self) -> str:
         lines = [
             f"# RotateAuth {self.namespace}/{self.database}: {self.outcome}",
             "",
             f"Auth secret: `{self.auth_secret or 'unchanged'}`",
+            "",
+            f"TLS to the replicas: {self.tls or 'not reached (the run stopped before it connected)'}",
             "",
             "| # | Condition | Status | Seconds | Message |",
             "|---|---|---|---:|---|",

@@ -1,7 +1,12 @@
-"""The only module that talks to SQL Server (through pymssql, over TDS).
+"""The only module that talks to SQL Server (through pymssql, over TDS, always inside TLS).
+
+Every connection requires encryption and goes through its replica's freetds.conf section, which
+names the CA to trust and the certificate name to check (rotation/freetds.py): a certificate that
+fails the check ends the connection before LOGIN7, so no password is ever sent to it.
 
 It turns pymssql's errors into the project's own: a rejected login is an answer (``False``), not an
-error; connectivity problems are ``TransientError``; refusals of ALTER LOGIN are ``PermanentError``.
+error; connectivity problems are ``TransientError``; a failed TLS check is ``TlsRefused``; refusals
+of ALTER LOGIN are ``PermanentError``.
 pymssql keeps the last server message of the process and may report a stale error number on a failed
 connect, so failures are classified from the message text first.
 """
@@ -15,7 +20,9 @@ from typing import Any, Final
 
 import pymssql
 
-from rotation.errors import PermanentError, TransientError
+from rotation.errors import PermanentError, TlsRefused, TransientError
+from rotation.freetds import CONFIG
+from rotation.params import TlsVerify
 from rotation.passwords import Password
 from rotation.plan import Endpoint
 from rotation.tsql import alter_login_password
@@ -25,6 +32,12 @@ QUERY_TIMEOUT_S: Final = 15
 LOGIN_REJECTED: Final = "Login failed for user"
 # FreeTDS's text when no TCP connection could be made; it may follow a stale "Login failed".
 UNREACHABLE: Final = "Unable to connect"
+# FreeTDS's text when the connection ended before any login reply: the TLS handshake or the
+# certificate check failed (FreeTDS cannot tell which), or the server hung up (docs/freetds-tls.md).
+CONNECTION_FAILED: Final = "DB-Lib error message 20002"
+# FreeTDS's line when the server answered the login with an error (its class tells which): a login
+# that got that far went through TLS, whatever else the text says (e.g. 40613, not available).
+SERVER_ANSWERED: Final = "DB-Lib error message 20018"
 # pymssql repeats the server's own text only for the first failure of a process; later ones carry
 # just FreeTDS's line with the server error's class. Class 14 at login is a security refusal (18456).
 LOGIN_REFUSED_BY_SERVER = re.compile(r"DB-Lib error message 20018, severity 14\b")
@@ -79,10 +92,12 @@ def _transient(endpoint: Endpoint, action: str, text: str) -> TransientError:
 
 @contextlib.contextmanager
 def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[Any]:
-    """A connection, or ``PermissionError`` when the server rejects these credentials."""
+    """A connection inside TLS, or ``PermissionError`` when the server rejects these credentials."""
+    section = CONFIG.section_for(endpoint.host, endpoint.port, endpoint.server_name, endpoint.tls)
     try:
         conn = pymssql.connect(
-            server=endpoint.address,  # host:port, an IPv6 host in brackets (FreeTDS's own syntax)
+            server=section,  # the section says host, CA and name; pymssql's port wins over its own
+            port=str(endpoint.port),
             user=username,
             password=password.reveal(),
             database="master",
@@ -90,17 +105,33 @@ def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[
             timeout=QUERY_TIMEOUT_S,
             autocommit=False,
             appname="mssql-auth-rotation",
+            encryption="require",  # anything less sends ALTER LOGIN in clear text (docs/freetds-tls.md)
         )
     except pymssql.Error as exc:
         _, text = _error_text(exc)
         if UNREACHABLE not in text and (LOGIN_REJECTED in text or LOGIN_REFUSED_BY_SERVER.search(text)):
             raise PermissionError(f"login as {username!r} rejected by {endpoint}") from None
+        if UNREACHABLE not in text and CONNECTION_FAILED in text and SERVER_ANSWERED not in text:
+            raise _tls_refused(endpoint) from None
         raise _transient(endpoint, "be reached", text) from None
     try:
         yield conn
     finally:
         with contextlib.suppress(pymssql.Error):
             conn.close()
+
+
+def _tls_refused(endpoint: Endpoint) -> TlsRefused:
+    profile = endpoint.tls
+    prefix = f"{endpoint} did not complete a TLS connection, so nothing was sent to it (no password)"
+    if profile.verify is TlsVerify.TRUST_SERVER_CERTIFICATE:
+        return TlsRefused(f"{prefix}: it refused encryption or closed the connection")
+    names = f" or does not name {endpoint.server_name}" if profile.verify is TlsVerify.VERIFY_FULL else ""
+    return TlsRefused(
+        f"{prefix}: its certificate is not issued by the CA in {profile.ca_source}{names} (the TLS "
+        "library cannot tell which), or it closed the connection. Check the certificate the replica "
+        "serves; tls_verify=VerifyCA skips the name check (e.g. for a certificate with wildcard names only)"
+    )
 
 
 def accepts(endpoint: Endpoint, username: str, password: Password) -> bool:
@@ -127,11 +158,12 @@ def login_name(endpoint: Endpoint, username: str, password: Password) -> str | N
         return None
 
 
-def change_password(endpoint: Endpoint, username: str, *, new: Password, old: Password) -> None:
+def change_password(endpoint: Endpoint, username: str, *, new: Password, old: Password) -> bool:
     """``ALTER LOGIN ... OLD_PASSWORD`` as ``username`` logged in with ``old``, committed.
 
-    A dropped connection leaves it unknown whether the change committed: that is a
-    ``TransientError``, and the caller's retry finds out by logging in again.
+    False, changing nothing, when the server rejects ``old`` (the caller decides whether the replica
+    has ``new`` already). A dropped connection leaves it unknown whether the change committed: that
+    is a ``TransientError``, and the caller's retry finds out by logging in again.
     """
     try:
         with _connect(endpoint, username, old) as conn:
@@ -141,10 +173,8 @@ def change_password(endpoint: Endpoint, username: str, *, new: Password, old: Pa
             except pymssql.Error as exc:
                 raise _alter_error(endpoint, username, exc) from None
     except PermissionError:
-        raise PermanentError(
-            f"the current password of {username!r} no longer logs in to {endpoint}; "
-            "it was changed outside this rotation"
-        ) from None
+        return False
+    return True
 
 
 def _alter_error(endpoint: Endpoint, username: str, exc: BaseException) -> Exception:

@@ -36,6 +36,7 @@ from sandbox.provisioner import Provisioner
 from sandbox.settings import Settings
 from sandbox.sqlserver import InstanceState
 from sandbox.timeline import Entry, Timeline
+from sandbox.tls import NO_TLS, DatabaseTls, certificate_secrets, make_database_ca
 from sandbox.watching import Handler, ResourceWatcher
 
 log = logging.getLogger("sandbox")
@@ -253,6 +254,29 @@ class Sandbox:
         seen = self._provisioner.seen_passwords() if self._provisioner is not None else set()
         return {password for password in seen | self.fleet.every_password() if password}
 
+    def clear_text_wire(self) -> list[str]:
+        """Everything that reached any SQL instance of this sandbox outside TLS, as a sniffer on the
+        pod network would decode it: LOGIN7 user names and passwords (de-obfuscated), batch SQL and
+        RPC payloads (for leak checks; bounded, see sandbox/sqlserver/state.py)."""
+        return self.fleet.clear_text_wire()
+
+    def unencrypted_alter_logins(self) -> list[str]:
+        """``<namespace>/<pod>`` of every SQL instance that ever got an ALTER LOGIN outside TLS."""
+        return [f"{key.namespace}/{key.name}" for key in self.fleet.unencrypted_alter_logins()]
+
+    def serve_certificate(self, namespace: str, pod: str, kind: str) -> None:
+        """Fault switch: the certificate the pod's SQL Server serves, at once for new connections and
+        at every later start until switched back: "kubedb" (the normal one: the database's CA, the
+        pod's DNS names and current IP), "foreign-ca" (the right names, another CA) or "wrong-name"
+        (the database's CA, another host's name and not the pod's IP)."""
+        try:
+            labels = self.core.read_namespaced_pod(pod, namespace).metadata.labels or {}
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            raise ValueError(f"no pod {namespace}/{pod}") from exc
+        self.fleet.serve_certificate(PodKey(namespace, pod), labels.get(podview.INSTANCE_LABEL), kind)
+
     def fail_pod_starts(self, namespace: str, pod: str, failing: bool = True) -> None:
         """Fault switch: the pod's next containers never start, so a recreated pod stays NotReady."""
         assert self._kubelet is not None
@@ -335,15 +359,24 @@ class Sandbox:
         *,
         auth_secret_type: str = shapes.BASIC_AUTH,
         pdb: dict[str, Any] | None = None,
+        client_tls: bool = False,
+        tls: bool = True,
     ) -> Database:
         """Create what KubeDB creates for an MSSQLServer and wait until it is Ready (roles given).
 
         ``auth_secret_type`` "kubernetes.io/basic-auth": KubeDB generates ``<db>-auth``, owned by the
         database; "Opaque": the user brought ``<db>-auth`` before the database (no owner). ``pdb``:
         the spec of a PodDisruptionBudget ``<db>`` over the database's pods, e.g. ``{"maxUnavailable": 1}``.
+        ``tls``: ``spec.tls`` with a CA of its own (Issuer ``<db>-ca``) and the secrets
+        ``<db>-server-cert`` and ``<db>-client-cert``; every pod's SQL Server serves a certificate of
+        that CA for its names and current IP (sandbox/tls.py). False: no ``spec.tls``, no secrets, and
+        self-signed certificates. ``client_tls``: ``spec.tls.clientTLS``, the SQL Servers force
+        encryption.
         """
         if auth_secret_type not in (shapes.BASIC_AUTH, shapes.OPAQUE):
             raise ValueError(f"auth_secret_type must be {shapes.BASIC_AUTH!r} or {shapes.OPAQUE!r}")
+        if client_tls and not tls:
+            raise ValueError("client_tls needs tls (spec.tls.clientTLS is part of spec.tls)")
         self.ensure_namespace(namespace)
         password = password or shapes.kubedb_password()
         active_from = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -351,9 +384,18 @@ class Sandbox:
             # Created as KubeDB leaves it once adopted (labels, activation), so the timeline starts clean.
             secret = shapes.user_auth_secret(name, password, auth_secret_type, active_from)
             self.core.create_namespaced_secret(namespace, secret)
-        db = self._create_custom(
-            namespace, shapes.GROUP, shapes.VERSION, shapes.PLURAL, shapes.mssqlserver(name, replicas)
-        )
+        tls_spec = shapes.tls_spec(name, client_tls) if tls else None
+        body = shapes.mssqlserver(name, replicas, tls_spec)
+        db = self._create_custom(namespace, shapes.GROUP, shapes.VERSION, shapes.PLURAL, body)
+        # cert-manager issues the certificates before any pod mounts them; the pods' SQL Servers then
+        # get certificates of the same CA at each start.
+        database_tls = NO_TLS
+        if tls:
+            ca = make_database_ca(namespace, name)
+            for secret in certificate_secrets(namespace, name, replicas, ca):
+                self.core.create_namespaced_secret(namespace, secret)
+            database_tls = DatabaseTls(ca, force_encryption=client_tls)
+        self.fleet.certificates.set_database(namespace, name, database_tls)
         if auth_secret_type == shapes.BASIC_AUTH:
             self.core.create_namespaced_secret(namespace, shapes.auth_secret(db, password, active_from))
         activation = {"spec": {"authSecret": {"activeFrom": active_from}}}  # am patchAuthSecretRef
@@ -383,6 +425,17 @@ class Sandbox:
         self._wait(
             lambda: handle.get().get("status", {}).get("phase") == "Ready", f"{namespace}/{name} Ready"
         )
+        if handle.arbiter is not None:  # not part of the phase, but part of what KubeDB creates
+            arbiter = handle.arbiter
+            self._wait(
+                lambda: any(
+                    podview.is_ready(p)
+                    for p in podview.list_pods(
+                        self.core, namespace, f"statefulset.kubernetes.io/pod-name={arbiter}"
+                    )
+                ),
+                f"{namespace}/{arbiter} Ready",
+            )
         return handle
 
     def _create_custom(
@@ -395,21 +448,22 @@ class Sandbox:
     def failover(self, namespace: str, database: str, to_pod: str) -> None:
         """A switchover by the coordinator: every role label goes blank for ``role_election_delay``,
         then ``to_pod`` is primary and the others secondary. ``to_pod`` must be running (not
-        necessarily Ready, e.g. after ALTER LOGIN). Returns once it carries the primary label."""
+        necessarily Ready, e.g. after ALTER LOGIN). Returns once it is primary and every other running
+        replica secondary."""
         assert self._coordinator is not None
         pod = podview.list_pods(self.core, namespace, f"statefulset.kubernetes.io/pod-name={to_pod}")
         if not pod or podview.is_terminating(pod[0]) or not podview.is_running(pod[0]):
             raise ValueError(f"{namespace}/{to_pod} is not running: it cannot become primary")
         self._coordinator.switchover(namespace, database, to_pod)
-        self._wait(
-            lambda: (
-                (self.core.read_namespaced_pod(to_pod, namespace).metadata.labels or {}).get(
-                    podview.ROLE_LABEL
-                )
-                == "primary"
-            ),
-            f"{namespace}/{to_pod} primary",
-        )
+
+        def settled() -> bool:
+            pods = podview.list_pods(self.core, namespace, f"{podview.INSTANCE_LABEL}={database}")
+            replicas = [p for p in podview.database_replicas(pods, database) if podview.is_running(p)]
+            return all(
+                podview.role(p) == ("primary" if podview.name(p) == to_pod else "secondary") for p in replicas
+            )
+
+        self._wait(settled, f"{namespace}/{to_pod} primary and the other replicas secondary")
 
     def create_ops_request(
         self, namespace: str, database: str, type_: str = "Restart", name: str | None = None

@@ -2,10 +2,10 @@
 
 A client whose kubeconfig points at the proxy (``FaultProxy.kubeconfig``) talks to the real API server
 through it. Rules added with ``add_fault`` make matching requests fail: an error answer with a
-Kubernetes ``Status`` body (503, 409, 403, ...), a connection closed without any response, or a delay
-before the request is forwarded. Everything else passes through unchanged (method, path and query,
-headers including Authorization, body) and each response is streamed back as it arrives, so watches
-work through the proxy.
+Kubernetes ``Status`` body (503, 409, 403, ...), a connection closed without any response, an empty
+200 (a watch that ends at once), or a delay before the request is forwarded. Everything else passes
+through unchanged (method, path and query, headers including Authorization, body) and each response
+is streamed back as it arrives, so watches work through the proxy.
 
 One thread per client connection (``ThreadingHTTPServer``) and one upstream TLS connection per
 request. Plain HTTP/1.1 requests only: no connection upgrades (exec, attach, port-forward) and no
@@ -67,9 +67,17 @@ class _Fault:
     drop: bool
     delay: float
     body_reason: str
+    empty: bool = False
+    query: re.Pattern[str] | None = None
+    drop_response: bool = False
 
-    def matches(self, method: str, path: str) -> bool:
-        return self.remaining > 0 and self.method in ("*", method) and self.path.search(path) is not None
+    def matches(self, method: str, path: str, query: str) -> bool:
+        return (
+            self.remaining > 0
+            and self.method in ("*", method)
+            and self.path.search(path) is not None
+            and (self.query is None or self.query.search(query) is not None)
+        )
 
 
 class FaultProxy:
@@ -157,20 +165,31 @@ class FaultProxy:
         times: int,
         status: int | None = None,
         drop: bool = False,
+        empty: bool = False,
+        drop_response: bool = False,
         delay: float = 0.0,
         body_reason: str = "",
+        query_regex: str | None = None,
     ) -> None:
         """The next ``times`` requests with this method ("*": any) whose path (without the query)
-        contains a match of ``path_regex`` are answered ``status`` with a ``Status`` body, or dropped
-        without a response, or forwarded after ``delay`` seconds (a delay may precede either fault).
-        Rules are consulted in the order they were added; each request consumes at most one."""
-        if status is not None and drop:
-            raise ValueError("a fault either answers a status or drops the connection, not both")
-        if status is None and not drop and delay <= 0:
-            raise ValueError("a fault needs a status, drop=True or a delay")
+        contains a match of ``path_regex`` (and whose query matches ``query_regex``, if given) are
+        answered ``status`` with a ``Status`` body, or dropped without a response, or answered an
+        empty 200 (``empty``: a watch that ends at once, with no event), or forwarded and then
+        dropped before the response reaches the client (``drop_response``: the change is made but
+        the client cannot know), or forwarded after ``delay``
+        seconds (a delay may precede any fault). Rules are consulted in the order they were added;
+        each request consumes at most one.
+        """
+        if sum((status is not None, drop, empty, drop_response)) > 1:
+            raise ValueError("a fault answers a status, drops the connection or answers empty: one of them")
+        if status is None and not (drop or empty or drop_response) and delay <= 0:
+            raise ValueError("a fault needs a status, drop, empty, drop_response or a delay")
         if times < 1:
             raise ValueError("times must be at least 1")
-        rule = _Fault(method.upper(), re.compile(path_regex), times, status, drop, delay, body_reason)
+        query = re.compile(query_regex) if query_regex is not None else None
+        rule = _Fault(
+            method.upper(), re.compile(path_regex), times, status, drop, delay, body_reason, empty, query
+        )
         with self._lock:
             self._faults.append(rule)
 
@@ -184,12 +203,12 @@ class FaultProxy:
         with self._lock:
             return sum(1 for m, p in self._seen if wanted in ("*", m) and pattern.search(p))
 
-    def _take(self, method: str, path: str) -> _Fault | None:
+    def _take(self, method: str, path: str, query: str) -> _Fault | None:
         """Record one request and consume one use of the first fault it matches."""
         with self._lock:
             self._seen.append((method, path))
             for rule in self._faults:
-                if rule.matches(method, path):
+                if rule.matches(method, path, query):
                     rule.remaining -= 1
                     return rule
         return None
@@ -252,7 +271,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_error(501, "chunked request bodies are not supported by the fault proxy")
             return
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        fault = proxy._take(self.command, urlsplit(self.path).path)
+        target = urlsplit(self.path)
+        fault = proxy._take(self.command, target.path, target.query)
         if fault is not None and fault.delay > 0 and proxy._stopping.wait(fault.delay):
             self._drop()
             return
@@ -260,8 +280,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._drop()
         elif fault is not None and fault.status is not None:
             self._answer_status(fault.status, fault.body_reason)
+        elif fault is not None and fault.empty:
+            self._answer_empty()
         else:
-            self._forward(body)
+            self._forward(body, relay=fault is None or not fault.drop_response)
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _proxy
 
@@ -290,7 +312,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _forward(self, body: bytes) -> None:
+    def _answer_empty(self) -> None:
+        self.send_response_only(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _forward(self, body: bytes, *, relay: bool = True) -> None:
         proxy = self.server.proxy
         upstream = http.client.HTTPSConnection(
             proxy.upstream_host,
@@ -314,7 +342,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     upstream.putheader(name, value)
             upstream.endheaders(body or None)
             response = upstream.getresponse()
-            self._relay(response)
+            if relay:
+                self._relay(response)
+            else:
+                response.read()  # the upstream change is complete; the client never hears of it
+                self._drop()
         except OSError:  # either side went away (or stop()): the client sees a closed connection
             self.close_connection = True
         finally:

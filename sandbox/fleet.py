@@ -1,6 +1,11 @@
 """The SQL Server instances behind the pods: one data volume (``InstanceState``) per pod name that
 outlives the pod, the address the pod's current container listens on, and the TDS server that runs
-while that container runs. Addresses come from ``sandbox.addresses``; this module only keeps them."""
+while that container runs. Addresses come from ``sandbox.addresses``; this module only keeps them.
+
+TLS: at each start the instance is given the certificate ``sandbox.tls`` issues for the pod and its
+current address (and the database's force-encryption setting); a certificate fault switch applies
+to a running server at once. The fleet also answers the leak checks over every instance: what
+reached them in clear text, and which ever got an ALTER LOGIN outside TLS."""
 
 from __future__ import annotations
 
@@ -9,14 +14,17 @@ import threading
 from sandbox.addresses import AddressPlan
 from sandbox.podview import PodKey
 from sandbox.sqlserver import InstanceState, TdsServer
+from sandbox.tls import PodCertificates
 
 __all__ = ["PodKey", "SqlFleet"]
 
 
 class SqlFleet:
-    def __init__(self, plan: AddressPlan) -> None:
+    def __init__(self, plan: AddressPlan, certificates: PodCertificates | None = None) -> None:
         self.plan = plan
+        self.certificates = certificates or PodCertificates()
         self._lock = threading.Lock()
+        self._tls_lock = threading.Lock()  # one certificate decision per instance at a time
         self._volumes: dict[PodKey, InstanceState] = {}
         self._servers: dict[PodKey, TdsServer] = {}
         self._addresses: dict[PodKey, tuple[str, int]] = {}  # the current (or last) container's
@@ -46,19 +54,46 @@ class SqlFleet:
         with self._lock:
             return self._addresses[key]
 
-    def start(self, key: PodKey) -> None:
-        """Serve the pod's volume on its current address; OSError when the address is taken."""
+    def start(self, key: PodKey, database: str | None = None) -> None:
+        """Serve the pod's volume on its current address with the certificate its database gives it
+        (a self-signed one for a database the sandbox did not create); OSError when the address is
+        taken."""
         host, port = self.address_of(key)
-        server = TdsServer(self.volume(key), host, port)
-        server.start()
-        with self._lock:
-            self._servers[key] = server
+        volume = self.volume(key)
+        with self._tls_lock:  # a fault switch flipped meanwhile waits, then sees this server running
+            self._configure_tls(volume, key, database, host)
+            server = TdsServer(volume, host, port)
+            server.start()
+            with self._lock:
+                self._servers[key] = server
+
+    def serve_certificate(self, key: PodKey, database: str | None, kind: str) -> None:
+        """Fault switch (see sandbox.tls.CERTIFICATE_KINDS): from now on, for new connections to the
+        running server and at every later start."""
+        self.certificates.set_kind(key, database, kind)
+        with self._tls_lock:
+            with self._lock:
+                running = key in self._servers
+                host = self._addresses.get(key, ("", 0))[0]
+            if running:
+                self._configure_tls(self.volume(key), key, database, host)
+
+    def _configure_tls(self, volume: InstanceState, key: PodKey, database: str | None, host: str) -> None:
+        certificate, force = self.certificates.serving(key, database, host)
+        volume.configure_tls(certificate, force_encryption=force)
 
     def stop(self, key: PodKey) -> None:
         with self._lock:
             server = self._servers.pop(key, None)
         if server is not None:
             server.stop()
+
+    def wait_idle(self, key: PodKey, timeout: float = 5.0) -> bool:
+        """Wait until the pod's running SQL Server has no client connection open (each one's record
+        is complete); True at once when none runs, False on timeout."""
+        with self._lock:
+            server = self._servers.get(key)
+        return server is None or server.wait_idle(timeout)
 
     def running(self, key: PodKey) -> bool:
         with self._lock:
@@ -69,6 +104,24 @@ class SqlFleet:
         with self._lock:
             volumes = list(self._volumes.values())
         return set().union(*(volume.every_password() for volume in volumes))
+
+    def instances(self) -> list[tuple[PodKey, InstanceState]]:
+        """Every instance's volume, by namespace and pod name."""
+        with self._lock:
+            return sorted(self._volumes.items(), key=lambda item: (item[0].namespace, item[0].name))
+
+    def clear_text_wire(self) -> list[str]:
+        """What reached any instance outside TLS, decoded (LOGIN7 user names and passwords, batch
+        SQL, RPC payloads), each instance's distinct entries in arrival order."""
+        return [entry.text for _, volume in self.instances() for entry in volume.clear_text]
+
+    def clear_text_dropped(self) -> int:
+        """How many distinct clear-text entries the instances had no room for (0: the record is whole)."""
+        return sum(volume.clear_text_dropped for _, volume in self.instances())
+
+    def unencrypted_alter_logins(self) -> list[PodKey]:
+        """The instances that ever got an ALTER LOGIN batch outside TLS."""
+        return [key for key, volume in self.instances() if volume.alter_login_arrived_unencrypted()]
 
     def stop_all(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ does, so a wrong name in the product shows up as a failing test instead of agree
 
 from __future__ import annotations
 
+import base64
 import copy
 import secrets
 import string
@@ -20,6 +21,11 @@ BASIC_AUTH, OPAQUE = "kubernetes.io/basic-auth", "Opaque"
 ARBITER_SUFFIX = "-arbiter"  # docs guides/mssqlserver/clustering/arbiter.md; MongoDB's NodeTypeArbiter
 STATS_PORT = 9399  # am apis/kubedb/constants.go MSSQLMonitoringDefaultServicePort
 OPS_GROUP, OPS_VERSION, OPS_PLURAL = "ops.kubedb.com", "v1alpha1", "mssqlserveropsrequests"
+ISSUER_GROUP, ISSUER_KIND = "cert-manager.io", "Issuer"
+TLS_SECRET = "kubernetes.io/tls"
+KUBEDB_ORGANIZATION = "kubedb"  # am apis/kubedb/constants.go KubeDBOrganization
+SERVER_CERT, CLIENT_CERT = "server", "client"  # am MSSQLServerServerCert, MSSQLServerClientCert
+CLIENT_COMMON_NAME = "mssql"  # docs tls/standalone.md: the client-cert secret's common name
 
 
 def selector_labels(db: str) -> dict[str, str]:
@@ -109,7 +115,90 @@ def user_auth_secret(db: str, password: str, secret_type: str, active_from: str)
     }
 
 
-def mssqlserver(db: str, replicas: int) -> dict[str, Any]:
+def issuer_name(db: str) -> str:
+    """The sandbox's cert-manager Issuer of a database: one CA per database, ``<db>-ca``."""
+    return f"{db}-ca"
+
+
+def cert_secret_name(db: str, alias: str) -> str:
+    """``<db>-<alias>-cert`` (am MSSQLServer.CertificateName)."""
+    return f"{db}-{alias}-cert"
+
+
+def tls_spec(db: str, client_tls: bool) -> dict[str, Any]:
+    """``spec.tls`` as KubeDB leaves it after its defaulting (am MSSQLServer.SetTLSDefaults): the
+    issuer, clientTLS, and the server and client certificates with their secret names and subjects.
+    (An Availability Group's ``endpoint`` certificate, for mirroring endpoints, is not emulated.)"""
+    return {
+        "issuerRef": {"apiGroup": ISSUER_GROUP, "kind": ISSUER_KIND, "name": issuer_name(db)},
+        "clientTLS": client_tls,
+        "certificates": [
+            {
+                "alias": alias,
+                "secretName": cert_secret_name(db, alias),
+                "subject": {"organizations": [KUBEDB_ORGANIZATION], "organizationalUnits": [alias]},
+            }
+            for alias in (SERVER_CERT, CLIENT_CERT)
+        ],
+    }
+
+
+def pod_dns_names(pod: str, db: str, namespace: str) -> list[str]:
+    """A pod's names through the governing service: ``<pod>.<db>-pods.<ns>.svc`` and its
+    ``.cluster.local`` form."""
+    name = f"{pod}.{db}-pods.{namespace}.svc"
+    return [name, f"{name}.cluster.local"]
+
+
+def server_cert_dns_names(db: str, namespace: str, replicas: int) -> list[str]:
+    """The DNS names of ``<db>-server-cert``: every replica pod's names, then ``<db>`` and
+    ``<db>.<ns>.svc`` (the primary service)."""
+    names = [name for i in range(replicas) for name in pod_dns_names(f"{db}-{i}", db, namespace)]
+    return [*names, db, f"{db}.{namespace}.svc"]
+
+
+def certificate_secret(
+    db: str,
+    alias: str,
+    *,
+    ca_pem: bytes,
+    cert_pem: bytes,
+    key_pem: bytes,
+    common_name: str,
+    dns_names: list[str],
+) -> dict[str, Any]:
+    """A ``kubernetes.io/tls`` secret as cert-manager writes it for KubeDB's Certificate (labels and
+    annotations as docs tls/standalone.md shows them)."""
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": cert_secret_name(db, alias),
+            "labels": {**pod_labels(db, None), "controller.cert-manager.io/fao": "true"},
+            "annotations": {
+                "cert-manager.io/alt-names": ",".join(dns_names),
+                "cert-manager.io/certificate-name": cert_secret_name(db, alias),
+                "cert-manager.io/common-name": common_name,
+                "cert-manager.io/ip-sans": "",
+                "cert-manager.io/issuer-group": ISSUER_GROUP,
+                "cert-manager.io/issuer-kind": ISSUER_KIND,
+                "cert-manager.io/issuer-name": issuer_name(db),
+                "cert-manager.io/subject-organizationalunits": alias,
+                "cert-manager.io/subject-organizations": KUBEDB_ORGANIZATION,
+                "cert-manager.io/uri-sans": "",
+            },
+        },
+        "type": TLS_SECRET,
+        "data": {"ca.crt": b64(ca_pem), "tls.crt": b64(cert_pem), "tls.key": b64(key_pem)},
+    }
+
+
+def mssqlserver(db: str, replicas: int, tls: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The MSSQLServer object; ``tls`` is its ``spec.tls`` (see tls_spec), None for none."""
     spec: dict[str, Any] = {
         "version": MSSQL_VERSION,
         "replicas": replicas,
@@ -125,6 +214,8 @@ def mssqlserver(db: str, replicas: int) -> dict[str, Any]:
         }
     if has_arbiter(replicas):
         spec["arbiter"] = {"resources": {"requests": {"cpu": "200m", "memory": "256Mi"}}}
+    if tls is not None:
+        spec["tls"] = tls
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MSSQLServer", "metadata": {"name": db}, "spec": spec}
 
 

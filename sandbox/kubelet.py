@@ -8,9 +8,11 @@
   then removed; after ``pod_start_delay`` the PetSet controller creates it again.
 - When a pod starts it gets an address (a fresh one per start by default); its ``mssql`` container
   resolves ``MSSQL_SA_PASSWORD`` from the Secret as it is at that moment and serves the pod name's
-  data volume. Readiness (``Settings.readiness_follows_password``): by default a pod is Ready only
-  while that password logs in to its own instance (what the mssql-coordinator checks, unverified);
-  otherwise whenever its SQL Server runs. A probe re-checks running pods every ``PROBE_PERIOD_S``.
+  data volume, with the TLS certificate ``sandbox.tls`` issues for this start (its pod names and
+  this start's IP). Readiness (``Settings.readiness_follows_password``): by default a pod is Ready
+  only while that password logs in to its own instance (what the mssql-coordinator checks,
+  unverified); otherwise whenever its SQL Server runs. A probe re-checks running pods every
+  ``PROBE_PERIOD_S``.
 - A pod without an ``mssql`` container (the arbiter) runs no SQL Server and is Ready once started.
 """
 
@@ -233,7 +235,9 @@ class PetSetKubelet:
             if hadr:
                 self.fleet.volume(key).role = "RESOLVING"  # until the coordinator gives it a role
             try:
-                self.fleet.start(key)
+                # The database's TLS (its mounted server certificate, mssql.conf forceencryption):
+                # sandbox.tls issues a certificate for this pod and this start's address.
+                self.fleet.start(key, podview.labels(pod).get(podview.INSTANCE_LABEL))
             except OSError:
                 log.exception("SQL Server of %s could not listen on %s", key, self.fleet.address_of(key))
                 sa_password = None

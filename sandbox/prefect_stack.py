@@ -25,6 +25,8 @@ from sandbox.processes import ProcessGroup
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 LOCAL_POOL = "mssql-auth-rotation-local"
 K8S_POOL = "mssql-auth-rotation-k8s"
+# The kubernetes pool's base job template: image, command and service account fixed, not variables.
+K8S_BASE_JOB_TEMPLATE = PROJECT_DIR / "deployments" / "k8s-base-job-template.json"
 HEALTH_TIMEOUT_S = 90.0
 BUSY_RETRIES = 5
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -111,7 +113,16 @@ class PrefectStack:
     def deploy_all(self) -> None:
         """Create both work pools (idempotent) and register every deployment of prefect.yaml."""
         self.prefect("work-pool", "create", LOCAL_POOL, "--type", "process", "--overwrite")
-        self.prefect("work-pool", "create", K8S_POOL, "--type", "kubernetes", "--overwrite")
+        self.prefect(
+            "work-pool",
+            "create",
+            K8S_POOL,
+            "--type",
+            "kubernetes",
+            "--base-job-template",
+            str(K8S_BASE_JOB_TEMPLATE),
+            "--overwrite",
+        )
         self.prefect("--no-prompt", "deploy", "--all")
 
     # -- REST --------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ NAMESPACE, DATABASE, REPLICAS = "demo", "mssql-demo", 3
 
 def login_works(host: str, password: str) -> bool:
     try:
-        pymssql.connect(server=host, port="1433", user="sa", password=password, login_timeout=5).close()
+        pymssql.connect(
+            server=host, port="1433", user="sa", password=password, login_timeout=5, encryption="require"
+        ).close()
         return True
     except pymssql.OperationalError:
         return False
@@ -60,7 +62,9 @@ def main() -> int:
             )
         paused = any(c.get("type") == "Paused" for c in db.get().get("status", {}).get("conditions", []))
         print(f"  database paused afterwards: {paused}")
-        ok &= not paused and report.outcome == "Successful"
+        in_clear = sandbox.unencrypted_alter_logins()
+        print(f"  replicas that saw ALTER LOGIN outside TLS: {', '.join(in_clear) or 'none'}")
+        ok &= not paused and not in_clear and report.outcome == "Successful"
     print(f"\n[demo] {'rotation verified' if ok else 'ROTATION NOT VERIFIED'}")
     return 0 if ok else 1
 

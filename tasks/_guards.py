@@ -19,10 +19,10 @@ from rotation.plan import Target, active_ops_requests, describe_pause, foreign_p
 RERUN = "run the rotation again to finish the job (the auth secret records how far it got)"
 
 
-def confirm_paused(kube: Kube, target: Target, holder: str) -> dict[str, Any]:
+def confirm_paused(kube: Kube, target: Target) -> dict[str, Any]:
     """The MSSQLServer, if this run's pause is still in effect; ``PauseLost`` otherwise."""
     db = kube.get_database(target.database)
-    mine = our_pause(db, holder)
+    mine = our_pause(db, target.holder)
     if mine is not None and mine.get("status") == c.PAUSE_ACKNOWLEDGED:
         return db
     other = foreign_pause(db)

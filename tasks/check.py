@@ -19,6 +19,7 @@ from rotation.kube import Kube
 from rotation.plan import PodView, Target, primaries, roles_settled, usable_replicas
 from rotation.sqlserver import accepts
 from tasks._policy import RETRYING
+from tasks.lock import check_lock
 
 
 def _problems(pods: list[PodView], target: Target) -> list[str]:
@@ -39,7 +40,10 @@ def check_rotation(target: Target, auth_secret: str) -> None:
     deadline = time.monotonic() + target.timeout_seconds
     try:
         pods = kube.wait_for_database_pods(
-            target.database, lambda pods: not _problems(pods, target), deadline
+            target.database,
+            lambda pods: not _problems(pods, target),
+            deadline,
+            guard=lambda: check_lock(target),
         )
     except TimeoutError:
         problems = _problems(kube.list_database_pods(target.database), target)
@@ -50,10 +54,13 @@ def check_rotation(target: Target, auth_secret: str) -> None:
     replicas = usable_replicas(pods, target.database, [r.pod for r in target.replicas]) or ()
     problems = []
     for replica in replicas:
-        if not accepts(replica.endpoint, creds.username, creds.current):
-            problems.append(f"{replica.endpoint} rejects the new password")
-        if creds.previous is not None and accepts(replica.endpoint, creds.username, creds.previous):
-            problems.append(f"{replica.endpoint} still accepts the old password")
+        endpoint = target.endpoint_of(replica)
+        if not accepts(endpoint, creds.username, creds.current):
+            problems.append(f"{endpoint} rejects the new password")
+        # The one deliberate failed login of a rotation per replica (audit logs show it): the proof
+        # that the old password no longer works.
+        if creds.previous is not None and accepts(endpoint, creds.username, creds.previous):
+            problems.append(f"{endpoint} still accepts the old password")
     if problems:
         raise TransientError(f"{target.ref} final check: " + "; ".join(problems))
     if c.ANNOTATION_RESTART_PENDING not in creds.annotations:

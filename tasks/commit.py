@@ -13,55 +13,82 @@ from prefect import get_run_logger, task
 from rotation import constants as c
 from rotation.credentials import committed, read_credentials, unstaged
 from rotation.kube import Kube, now_rfc3339
-from rotation.plan import Stage, Target
+from rotation.plan import Stage, Target, is_database_pod
 from tasks._guards import confirm_paused
 from tasks._policy import RETRYING
+from tasks.lock import check_lock
 
 PURPOSE = "the database's auth secret"
 
 
 @task(name="commit-secret", **RETRYING)
-def commit_secret(target: Target, user_secret: str | None, holder: str) -> str:
-    """Returns the name of the secret that now holds the credentials."""
-    if target.stage is Stage.COMMITTED:
-        return target.auth_secret
+def commit_secret(target: Target, user_secret: str | None) -> str:
+    """Returns the name of the secret that now holds the credentials.
+
+    Two halves: the secret's one write, then the MSSQLServer's ``spec.authSecret`` and the Event. A
+    run that died between them left the secret committed; the next run (stage COMMITTED) comes here
+    too and finishes the second half.
+    """
     kube = Kube(target.namespace)
-    confirm_paused(kube, target, holder)
-    creds = read_credentials(kube, target.auth_secret, purpose=PURPOSE)
-    if creds.next is None:  # committed by an earlier attempt of this task
-        return user_secret or target.auth_secret
-    into = creds if not user_secret else read_credentials(kube, user_secret, purpose="the new auth secret")
-    active_from = now_rfc3339()
-    kube.replace_secret(
-        committed(
-            into,
-            new=creds.next,
-            old=creds.current,
-            active_from=active_from,
-            previous_secret=creds.name,
-            holder=holder,
-        )
-    )
-    if user_secret:
-        kube.patch_database_auth_secret(target.database, {"name": user_secret, "activeFrom": active_from})
-    else:
-        kube.patch_database_auth_secret(target.database, {"activeFrom": active_from})
-    kube.record_event(
-        kube.get_database(target.database),
-        "UpdateCredential",
+    check_lock(target)
+    confirm_paused(kube, target)
+    secret_in_use, announce = target.auth_secret, False
+    if target.stage is not Stage.COMMITTED:
+        creds = read_credentials(kube, target.auth_secret, purpose=PURPOSE)
+        secret_in_use = user_secret or target.auth_secret
+        if creds.next is not None:  # else an earlier attempt of this task committed already
+            into = (
+                creds
+                if not user_secret
+                else read_credentials(kube, user_secret, purpose="the new auth secret")
+            )
+            secret = committed(
+                into,
+                new=creds.next,
+                old=creds.current,
+                active_from=now_rfc3339(),
+                previous_secret=creds.name,
+                holder=target.holder,
+                pods_to_restart=_running_pods(kube, target),
+            )
+            kube.replace_secret(secret)
+            announce = True
+            get_run_logger().info("%s: credentials committed to Secret %s", target.ref, into.name)
+    _point_database_at(kube, target, secret_in_use, announce)
+    return secret_in_use
+
+
+def _running_pods(kube: Kube, target: Target) -> list[str]:
+    """UIDs of the replicas running now: they started with the old credentials."""
+    return [p.uid for p in kube.list_database_pods(target.database) if is_database_pod(p, target.database)]
+
+
+def _point_database_at(kube: Kube, target: Target, secret_name: str, announce: bool) -> None:
+    """``spec.authSecret.name`` and ``activeFrom`` as the committed secret says, and the Event when
+    this call committed or had to finish an interrupted commit."""
+    creds = read_credentials(kube, secret_name, purpose=PURPOSE)
+    active_from = creds.annotations.get(c.ANNOTATION_ACTIVE_FROM)
+    db = kube.get_database(target.database)
+    current = (db.get("spec") or {}).get("authSecret") or {}
+    wanted = {"name": secret_name, "activeFrom": active_from}
+    if any(current.get(key) != value for key, value in wanted.items()):
+        db = kube.patch_database_auth_secret(target.database, wanted)
+    elif not announce:
+        return
+    switched = creds.annotations.get(c.ANNOTATION_RESTART_PENDING, secret_name) != secret_name
+    message = (
         "Successfully referenced the user provided authsecret"
-        if user_secret
-        else "Successfully generated new credentials",
+        if switched
+        else "Successfully generated new credentials"
     )
-    get_run_logger().info("%s: credentials committed to Secret %s", target.ref, into.name)
-    return into.name
+    kube.record_event(db, "UpdateCredential", message)
 
 
 @task(name="update-petsets", **RETRYING)
-def update_petsets(target: Target, auth_secret: str, holder: str) -> None:
+def update_petsets(target: Target, auth_secret: str) -> None:
     """Point the PetSet's secret references at the auth secret and drop stale staged keys."""
     kube = Kube(target.namespace)
-    db = confirm_paused(kube, target, holder)
+    db = confirm_paused(kube, target)
     if (db["spec"].get("authSecret") or {}).get("name") != auth_secret:
         kube.patch_database_auth_secret(target.database, {"name": auth_secret})
     petset = kube.get_petset(target.database)

@@ -10,10 +10,10 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from rotation.credentials import Credentials, read_credentials
+from rotation.credentials import Credentials, pods_to_restart, read_credentials
 from rotation.errors import InvalidRequest
-from rotation.kube import Kube
-from rotation.params import ApplyPolicy, RotationRequest
+from rotation.kube import Kube, secret_text
+from rotation.params import ApplyPolicy, RotationRequest, TlsVerify
 from rotation.passwords import policy_violation
 from rotation.plan import (
     PodView,
@@ -28,11 +28,13 @@ from rotation.plan import (
     primaries,
     replica_of,
     roles_settled,
+    secret_users,
     stage_of,
     unsupported_auth_secret,
     usable_replicas,
 )
 from rotation.sqlserver import accepts
+from rotation.tls import CA_KEY, TlsProfile, server_cert_secret
 from tasks._policy import RETRYING
 from tasks.lock import refuse_if_locked
 
@@ -75,7 +77,14 @@ def _check_ops_requests(kube: Kube, request: RotationRequest) -> None:
         )
 
 
-def _check_user_secret(kube: Kube, name: str, current: Credentials) -> None:
+def _check_user_secret(kube: Kube, request: RotationRequest, name: str, current: Credentials) -> None:
+    users = [db for db in secret_users(kube.list_databases(), name) if db != request.database]
+    if users:
+        raise InvalidRequest(
+            f"Secret {kube.namespace}/{name} is already the auth secret of MSSQLServer "
+            f"{kube.namespace}/{users[0]}: two databases cannot share credentials (rotating one would "
+            "overwrite the other's); give this database a Secret of its own"
+        )
     supplied = read_credentials(kube, name, purpose="the new auth secret")
     if supplied.username != current.username:
         raise InvalidRequest(
@@ -144,11 +153,40 @@ def _check_logins(target: Target, creds: Credentials) -> None:
             )
 
 
-def _interrupted_run(db: dict[str, Any], stale_lock_holder: str | None, holder: str) -> str | None:
-    """A run of ours that died holding the database: it left our pause, or a lock that has lapsed."""
+def _left_pause(db: dict[str, Any], holder: str) -> str | None:
+    """A run of ours that died before resuming: its pause is still on the database."""
     paused_by = next((pause_holder(p) for p in pauses(db) if pause_holder(p) is not None), None)
-    candidate = paused_by or stale_lock_holder
-    return candidate if candidate != holder else None
+    return paused_by if paused_by != holder else None
+
+
+def _tls_profile(kube: Kube, request: RotationRequest, db: dict[str, Any]) -> TlsProfile:
+    """What to trust for this database's certificates; fail closed when nothing can be verified."""
+    where = f"MSSQLServer {request.namespace}/{request.database}"
+    if request.tls_verify is TlsVerify.TRUST_SERVER_CERTIFICATE:
+        return TlsProfile(verify=request.tls_verify)
+    name = request.tls_ca_secret or server_cert_secret(db)
+    if name is None:
+        raise InvalidRequest(
+            f"{where} has no spec.tls, so there is no CA to check its replicas' certificates against: "
+            "name a Secret whose ca.crt is the CA to trust in tls_ca_secret, or run with "
+            "tls_verify=TrustServerCertificate to encrypt without verifying (not recommended)"
+        )
+    source = f"Secret {request.namespace}/{name}"
+    secret = kube.read_secret(name)
+    if secret is None:
+        raise InvalidRequest(f"{source} (the CA to trust) does not exist: create it or fix the name")
+    ca = secret_text(secret.data, CA_KEY, where=source)
+    if not ca or "-----BEGIN CERTIFICATE-----" not in ca:
+        raise InvalidRequest(f"{source} has no PEM certificate under {CA_KEY!r}: it cannot say what to trust")
+    return TlsProfile(verify=request.tls_verify, ca_pem=ca, ca_source=f"{source} ({CA_KEY})")
+
+
+def _still_to_restart(stage: Stage, creds: Credentials, replicas: tuple[Replica, ...]) -> tuple[str, ...]:
+    """Every replica; after an interruption past Commit, only those started before it."""
+    running_before = pods_to_restart(creds) if stage is Stage.COMMITTED else None
+    if running_before is None:
+        return tuple(r.pod for r in replicas)
+    return tuple(r.pod for r in replicas if r.uid in running_before)
 
 
 @task(name="inspect-database", **RETRYING)
@@ -156,16 +194,18 @@ def inspect_database(request: RotationRequest, holder: str) -> Target:
     kube = Kube(request.namespace)
     db = kube.get_database(request.database)
     _check_auth_secret_spec(request, db)
-    stale_lock_holder = refuse_if_locked(kube, request.database, holder)
+    lapsed_lock = refuse_if_locked(kube, request.database, holder)
     secret_name = ((db.get("spec") or {}).get("authSecret") or {}).get("name") or f"{request.database}-auth"
     creds = read_credentials(kube, secret_name, purpose="the database's auth secret")
-    interrupted = _interrupted_run(db, stale_lock_holder, holder)
-    stage = stage_of(creds.keys, creds.annotations, interrupted_run=interrupted)
+    paused_by = _left_pause(db, holder)
+    stage = stage_of(creds.keys, creds.annotations, paused_by=paused_by)
     _check_database(request, db, stage)
     _check_ops_requests(kube, request)
     if request.auth_secret and stage is Stage.IDLE:
-        _check_user_secret(kube, request.auth_secret, creds)
+        _check_user_secret(kube, request, request.auth_secret, creds)
+    tls = _tls_profile(kube, request, db)
     spec = db.get("spec") or {}
+    replicas = _replicas(kube, request, db)
     target = Target(
         namespace=request.namespace,
         database=request.database,
@@ -173,17 +213,21 @@ def inspect_database(request: RotationRequest, holder: str) -> Target:
         auth_secret=secret_name,
         username=creds.username,
         topology=(spec.get("topology") or {}).get("mode", "Standalone"),
-        replicas=_replicas(kube, request, db),
+        replicas=replicas,
         stage=stage,
-        interrupted_run=interrupted,
         timeout_seconds=request.timeout_seconds,
+        tls=tls,
+        restart=_still_to_restart(stage, creds, replicas),
+        holder=holder,
+        interrupted_run=paused_by or (lapsed_lock.spec.holder_identity if lapsed_lock is not None else None),
+        lapsed_lock_version=lapsed_lock.metadata.resource_version if lapsed_lock is not None else None,
     )
     _check_logins(target, creds)
-    if stage is not Stage.IDLE or interrupted is not None:
+    if stage is not Stage.IDLE or target.interrupted_run is not None:
         get_run_logger().warning(
             "%s: run %s was interrupted (rotation %s); this run finishes its work",
             target.ref,
-            interrupted or "unknown",
+            target.interrupted_run or "unknown",
             stage.value,
         )
     return target

@@ -1,10 +1,19 @@
 """Step 2: one rotation per database at a time, held as a ``coordination.k8s.io`` Lease.
 
 The holder renews the lease every third of its duration (``LockKeeper``); a run that dies stops
-renewing, so its lock lapses after ``lease_seconds()`` and the next run takes over. A holder whose
-Prefect flow run has already ended (crashed, failed, cancelled) is taken over at once. A live holder
-makes a concurrent run fail fast with the holder's name. Create and replace are optimistic (409 →
-somebody else won), so two runs can never both believe they hold it.
+renewing, and the next run takes over once the lease has lapsed. A holder whose Prefect flow run has
+already ended (crashed, failed, cancelled) is taken over at once. A live holder makes a concurrent
+run fail with the holder's name. Create and replace are optimistic (409 → somebody else won), so two
+runs can never both believe they hold it.
+
+Whether a lease has lapsed is judged as client-go's leader election does, by the taker's OWN clock:
+a lease that nobody changed for its whole duration, as measured by this process's monotonic clock,
+has lapsed. The holder's ``renewTime`` is only ever used to be more careful: when it says the lease
+is still fresh the lease is treated as live, whatever the clocks. So a holder whose clock is behind
+ours does not lose a live lock.
+
+Long steps call ``check_lock`` as they wait, so a run that lost its lock stops within seconds, not
+only at its next step.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
+import time
 import uuid
 from typing import Final
 
@@ -27,6 +37,7 @@ from tasks._policy import RETRYING
 LEASE_SECONDS_ENV: Final = "MSSQL_AUTH_ROTATION_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS: Final = 30  # how long a dead run can block the next one
 FLOW_RUN_HOLDER: Final = "prefect-flow-run/"
+OBSERVE_EVERY_S: Final = 1.0  # how often a lease that looks lapsed is read again while judging it
 
 
 def lease_seconds() -> int:
@@ -52,6 +63,7 @@ def _lease(target: Target, holder: str, seconds: int, resource_version: str | No
 
 
 def expires_at(lease: client.V1Lease) -> dt.datetime:
+    """When the lease lapses by its HOLDER's clock (only ever trusted to say "still live")."""
     spec = lease.spec
     renewed = spec.renew_time or spec.acquire_time or dt.datetime.min.replace(tzinfo=dt.UTC)
     return renewed + dt.timedelta(seconds=spec.lease_duration_seconds or 0)
@@ -70,36 +82,51 @@ def holder_has_ended(holder: str) -> bool:
     return state is not None and state.is_final()
 
 
-def is_live(lease: client.V1Lease, holder: str) -> bool:
-    """Held by someone else who may still be working."""
-    other = lease.spec.holder_identity
-    return other != holder and expires_at(lease) > dt.datetime.now(dt.UTC) and not holder_has_ended(other)
+def has_lapsed(kube: Kube, lease: client.V1Lease) -> bool:
+    """Whether another holder's lease may be taken over (the lease is as last read)."""
+    if holder_has_ended(str(lease.spec.holder_identity)):
+        return True
+    if expires_at(lease) > dt.datetime.now(dt.UTC):
+        return False  # fresh by the holder's own clock: live, whatever ours says
+    return not _changes_within(kube, lease, float(lease.spec.lease_duration_seconds or 0))
+
+
+def _changes_within(kube: Kube, lease: client.V1Lease, seconds: float) -> bool:
+    """Watch the lease for ``seconds`` of our monotonic clock: does anybody renew or take it?"""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(OBSERVE_EVERY_S, max(0.0, deadline - time.monotonic())))
+        now = kube.read_lease(lease.metadata.name)
+        if now is None or now.metadata.resource_version != lease.metadata.resource_version:
+            return True
+    return False
 
 
 def _in_progress(ref: str, lease: client.V1Lease) -> RotationInProgress:
     return RotationInProgress(
         f"{ref} is already being rotated by {lease.spec.holder_identity} "
-        f"(Lease {lease.metadata.namespace}/{lease.metadata.name}, "
-        f"renewed until {expires_at(lease):%Y-%m-%dT%H:%M:%SZ}); wait for that run to finish"
+        f"(Lease {lease.metadata.namespace}/{lease.metadata.name}, renewed "
+        f"{lease.spec.renew_time:%Y-%m-%dT%H:%M:%SZ} by its clock); wait for that run to finish"
     )
 
 
-def refuse_if_locked(kube: Kube, database: str, holder: str) -> str | None:
-    """Fail fast, before anything changes, when another live run holds the database's lock.
+def refuse_if_locked(kube: Kube, database: str, holder: str) -> client.V1Lease | None:
+    """Fail, before anything changes, when another live run holds the database's lock.
 
-    Returns the holder of a lock left behind by a run that is gone, if there is one.
+    Returns a lease left behind by a run that is gone (judged lapsed), if there is one.
     """
     current = kube.read_lease(lock_name(database))
     if current is None or current.spec.holder_identity == holder:
         return None
-    if is_live(current, holder):
+    if not has_lapsed(kube, current):
         raise _in_progress(f"{kube.namespace}/{database}", current)
-    return str(current.spec.holder_identity)
+    return current
 
 
 @task(name="acquire-lock", **RETRYING)
-def acquire_lock(target: Target, holder: str, seconds: int) -> None:
+def acquire_lock(target: Target, seconds: int) -> None:
     kube = Kube(target.namespace)
+    holder = target.holder
     if kube.create_lease(_lease(target, holder, seconds)) is not None:
         return
     current = kube.read_lease(target.lock_name)
@@ -109,7 +136,8 @@ def acquire_lock(target: Target, holder: str, seconds: int) -> None:
         current = kube.read_lease(target.lock_name)
     if current is not None and current.spec.holder_identity == holder:
         return  # ours already (a retried attempt)
-    if current is not None and is_live(current, holder):
+    judged = current is not None and current.metadata.resource_version == target.lapsed_lock_version
+    if current is not None and not judged and not has_lapsed(kube, current):
         raise _in_progress(target.ref, current)
     stale = current.spec.holder_identity if current is not None else "nobody"
     version = current.metadata.resource_version if current is not None else None
@@ -119,34 +147,51 @@ def acquire_lock(target: Target, holder: str, seconds: int) -> None:
 
 
 @task(name="release-lock", **RETRYING)
-def release_lock(target: Target, holder: str) -> None:
+def release_lock(target: Target) -> None:
     kube = Kube(target.namespace)
     current = kube.read_lease(target.lock_name)
-    if current is not None and current.spec.holder_identity == holder:
+    if current is not None and current.spec.holder_identity == target.holder:
         kube.delete_lease(target.lock_name, current.metadata.resource_version)
+
+
+_KEEPERS: dict[tuple[str, str, str], LockKeeper] = {}
+_KEEPERS_LOCK = threading.Lock()
+
+
+def check_lock(target: Target) -> None:
+    """Raise if this process's keeper of the target's lock has lost it (a no-op without a keeper)."""
+    with _KEEPERS_LOCK:
+        keeper = _KEEPERS.get((target.namespace, target.lock_name, target.holder))
+    if keeper is not None:
+        keeper.check()
 
 
 class LockKeeper:
     """Renews our Lease in the background; ``check()`` raises once it is lost.
 
-    A run that cannot renew (API unreachable) for a whole lease period must assume another run took
-    over, and stops before its next step.
+    A run that cannot renew (API unreachable) for a whole lease period, by its own monotonic clock,
+    must assume another run took over, and stops.
     """
 
-    def __init__(self, target: Target, holder: str, seconds: int) -> None:
+    def __init__(self, target: Target, seconds: int) -> None:
         self._kube = Kube(target.namespace)
-        self._target, self._holder, self._seconds = target, holder, seconds
+        self._target, self._seconds = target, seconds
+        self._key = (target.namespace, target.lock_name, target.holder)
         self._stop = threading.Event()
         self._lost: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"lease-{target.lock_name}", daemon=True)
 
     def __enter__(self) -> LockKeeper:
+        with _KEEPERS_LOCK:
+            _KEEPERS[self._key] = self
         self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self._seconds)
+        with _KEEPERS_LOCK:
+            _KEEPERS.pop(self._key, None)
 
     def check(self) -> None:
         if self._lost is not None:
@@ -155,22 +200,24 @@ class LockKeeper:
             )
 
     def _run(self) -> None:
-        last_renewal = dt.datetime.now(dt.UTC)
+        last_renewal = time.monotonic()
         while not self._stop.wait(self._seconds / 3):
             try:
                 self._renew()
-                last_renewal = dt.datetime.now(dt.UTC)
+                last_renewal = time.monotonic()
             except RotationError as exc:
-                if dt.datetime.now(dt.UTC) - last_renewal > dt.timedelta(seconds=self._seconds):
+                if time.monotonic() - last_renewal > self._seconds:
                     self._lost = f"not renewed for {self._seconds}s: {exc}"
             if self._lost is not None:
                 return
 
     def _renew(self) -> None:
-        current = self._kube.read_lease(self._target.lock_name)
-        if current is None or current.spec.holder_identity != self._holder:
-            self._lost = f"now held by {current.spec.holder_identity if current else 'nobody'}"
-            return
-        current.spec.renew_time = dt.datetime.now(dt.UTC)
-        if self._kube.replace_lease(current) is None:
-            self._lost = "changed by another writer"
+        for _ in range(3):  # a 409 may be our own re-sent renewal that went through: read again
+            current = self._kube.read_lease(self._target.lock_name)
+            if current is None or current.spec.holder_identity != self._target.holder:
+                self._lost = f"now held by {current.spec.holder_identity if current else 'nobody'}"
+                return
+            current.spec.renew_time = dt.datetime.now(dt.UTC)
+            if self._kube.replace_lease(current) is not None:
+                return
+        raise RotationInProgress(f"{self._target.ref}: the lock kept changing under its renewal")

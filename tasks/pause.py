@@ -20,6 +20,7 @@ from rotation.errors import DatabaseBusy, PauseLost
 from rotation.kube import Kube, now_rfc3339
 from rotation.plan import Target, describe_pause, foreign_pause, our_pause, pause_holder, pause_message
 from tasks._policy import RETRYING
+from tasks.lock import check_lock
 
 ACK_SECONDS_ENV: Final = "MSSQL_AUTH_ROTATION_PAUSE_ACK_SECONDS"
 # How long to wait for the provisioner's acknowledgement before pausing without it. Whether KubeDB's
@@ -37,9 +38,9 @@ def _ack_seconds(target: Target) -> float:
 
 
 @task(name="pause-database", **RETRYING)
-def pause_database(target: Target, holder: str) -> None:
+def pause_database(target: Target) -> None:
     """Request our pause and wait until it is in effect. A pause of anyone else means busy: refuse."""
-    kube = Kube(target.namespace)
+    kube, holder = Kube(target.namespace), target.holder
     db = kube.get_database(target.database)
     other = foreign_pause(db)
     if other is not None:
@@ -84,7 +85,8 @@ def _await_acknowledgement(kube: Kube, target: Target, holder: str) -> dict[str,
         return mine is None or mine.get("status") == c.PAUSE_ACKNOWLEDGED
 
     try:
-        db = kube.wait_for_database(target.database, settled, time.monotonic() + _ack_seconds(target))
+        deadline = time.monotonic() + _ack_seconds(target)
+        db = kube.wait_for_database(target.database, settled, deadline, guard=lambda: check_lock(target))
     except TimeoutError:
         return _pause_without_acknowledgement(kube, target, holder)
     if our_pause(db, holder) is None:
@@ -117,9 +119,9 @@ def _pause_without_acknowledgement(kube: Kube, target: Target, holder: str) -> d
 
 
 @task(name="resume-database", **RETRYING)
-def resume_database(target: Target, holder: str) -> None:
+def resume_database(target: Target) -> None:
     """Remove this run's Paused condition, never one that belongs to another run or operation."""
-    kube = Kube(target.namespace)
+    kube, holder = Kube(target.namespace), target.holder
     db = kube.get_database(target.database)
     conditions = _conditions(db)
     if not any(pause_holder(cond) == holder for cond in conditions):

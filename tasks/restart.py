@@ -34,6 +34,7 @@ from rotation.plan import (
 from rotation.sqlserver import accepts
 from tasks._guards import confirm_no_ops_request, confirm_paused
 from tasks._policy import RETRYING
+from tasks.lock import check_lock
 
 EVICTION_RETRY_S: Final = 1.0  # how often a refused eviction (429) is asked again
 THROTTLE_PATIENCE: Final = 0.5  # share of the timeout spent on throttled evictions before deleting
@@ -68,9 +69,9 @@ def get_next_pod(target: Target, pending: list[str]) -> Replica:
 
 
 @task(name="evict-pod", **RETRYING)
-def evict_pod(target: Target, replica: Replica, holder: str) -> None:
+def evict_pod(target: Target, replica: Replica) -> None:
     kube = Kube(target.namespace)
-    confirm_paused(kube, target, holder)
+    confirm_paused(kube, target)
     confirm_no_ops_request(kube, target)
     deleted = _evict_or_delete(kube, target, replica)
     db = kube.get_database(target.database)
@@ -88,6 +89,7 @@ def _evict_or_delete(kube: Kube, target: Target, replica: Replica) -> bool:
     give_up_throttled = time.monotonic() + target.timeout_seconds * THROTTLE_PATIENCE
     refusal: EvictionRefused | None = None
     while _still_there(kube, replica):
+        check_lock(target)
         outcome = kube.evict_pod(replica.pod, replica.uid)
         if outcome in (Eviction.EVICTED, Eviction.GONE):
             return False
@@ -132,7 +134,7 @@ def check_pod_running(target: Target, replica: Replica) -> Replica:
         )
 
     try:
-        pod = kube.wait_for_pod(replica.pod, replaced_and_ready, deadline)
+        pod = kube.wait_for_pod(replica.pod, replaced_and_ready, deadline, guard=lambda: check_lock(target))
     except TimeoutError:
         raise StepTimeout(
             f"pod {target.namespace}/{replica.pod} was not back and Ready "
@@ -143,7 +145,7 @@ def check_pod_running(target: Target, replica: Replica) -> Replica:
         ) from None
     creds = read_credentials(kube, _auth_secret_in_use(kube, target), purpose="the database's auth secret")
     restarted = replica_of(pod, len(target.replicas))
-    if not accepts(restarted.endpoint, creds.username, creds.current):
+    if not accepts(target.endpoint_of(restarted), creds.username, creds.current):
         raise TransientError(f"restarted pod {replica.pod} does not accept the new password yet")
     kube.record_event(
         kube.get_database(target.database), "CheckPodRunning", f"Pod {replica.pod} is running and Ready again"

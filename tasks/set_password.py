@@ -1,8 +1,9 @@
 """Step 4b, Set: ``ALTER LOGIN`` on EVERY replica (logins are per instance; AGs do not replicate them).
 
-Idempotent: a replica that already accepts the new password is skipped, so a retry after a dropped
-connection (which may or may not have committed) simply checks again. Undoing it is the rollback
-hook of the stage step (``tasks.stage``), which runs whichever later step fails.
+Idempotent: each replica is changed by logging in with the current password; a replica that refuses
+it is checked for the new one (a retry after a dropped connection that did commit, or a re-run), and
+skipped if it has it. So a normal rotation makes no failed login here. If Set or Verify fails, the
+flow runs ``roll-back-password`` (tasks/rollback.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rotation.kube import Kube
 from rotation.plan import Target
 from rotation.sqlserver import accepts, change_password
 from tasks._policy import RETRYING
+from tasks.lock import check_lock
 
 
 @task(name="set-password-on-replicas", **RETRYING)
@@ -26,10 +28,16 @@ def set_password_on_replicas(target: Target) -> list[str]:
         raise PermanentError(f"no staged password in Secret {target.namespace}/{creds.name}: stage it first")
     changed = []
     for endpoint in target.endpoints():
-        if accepts(endpoint, creds.username, creds.next):
+        check_lock(target)
+        if change_password(endpoint, creds.username, new=creds.next, old=creds.current):
+            changed.append(endpoint.pod)
+            log.info("password changed on %s", endpoint)
+        elif accepts(endpoint, creds.username, creds.next):
             log.info("%s already accepts the new password; skipped", endpoint)
-            continue
-        change_password(endpoint, creds.username, new=creds.next, old=creds.current)
-        changed.append(endpoint.pod)
-        log.info("password changed on %s", endpoint)
+        else:
+            raise PermanentError(
+                f"{endpoint} accepts neither the current nor the staged password of {creds.username!r}: "
+                "it was changed outside this rotation; set it to the one in Secret "
+                f"{target.namespace}/{creds.name} (key password), then run the rotation again"
+            )
     return changed

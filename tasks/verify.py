@@ -1,7 +1,7 @@
 """Step 4c, Verify — the gate: a real login with the new password on every replica.
 
 Nothing is restarted unless every replica accepts the new password as the right login. A failure
-raises ``VerificationFailed``, which makes the surrounding transaction roll the change back.
+raises ``VerificationFailed``; the flow then runs ``roll-back-password`` (tasks/rollback.py).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ MODULES = (
     "tests.e2e.test_no_leaks",
     "tests.e2e.test_rotate_auth",
     "tests.e2e.test_kubedb_fidelity",
+    "tests.e2e.test_security",
 )
 
 F = TypeVar("F", bound=Callable[..., object])

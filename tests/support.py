@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pymssql
@@ -29,16 +35,73 @@ def server_args(host: str, port: int) -> dict[str, Any]:
 
 
 def logs_in(db: Database, pod: str, password: str) -> bool:
-    """A real pymssql login over TCP to the pod's SQL Server, where its current container listens."""
+    """A real pymssql login over TCP to the pod's SQL Server, where its current container listens.
+
+    Inside TLS (``encryption="require"``), so the suite itself never puts a password on the wire in
+    clear text; the certificate is not verified: tests observe, the product verifies.
+    """
     try:
         target = server_args(db.ip(pod), db.port(pod))
     except KeyError:
         return False  # its container never started: nothing listens for it
     try:
-        pymssql.connect(**target, user="sa", password=password, login_timeout=5).close()
+        connection = pymssql.connect(
+            **target, user="sa", password=password, login_timeout=5, encryption="require"
+        )
+        connection.close()
         return True
     except pymssql.OperationalError:
         return False
+
+
+_ATTEMPT = """
+import json, sys, pymssql
+args = json.loads(sys.stdin.read())
+try:
+    connection = pymssql.connect(login_timeout=5, autocommit=True, **args["connect"])
+    cursor = connection.cursor()
+    for statement in args["sql"]:
+        cursor.execute(statement)
+        if cursor.description:
+            cursor.fetchall()
+    connection.close()
+    print(json.dumps(None))
+except pymssql.OperationalError as error:
+    number, message = error.args[0]
+    print(json.dumps([number, message.decode("utf-8", "replace")]))
+"""
+
+
+def pymssql_attempt(
+    conf: Path, server: str, port: int, password: str, sql: tuple[str, ...] = (), **options: Any
+) -> tuple[int, str] | None:
+    """Connect as sa (and run ``sql``) with the real pymssql in a fresh interpreter whose FREETDSCONF
+    is ``conf``: None if everything worked, else pymssql's (number, message). A fresh interpreter
+    keeps the config private to the attempt and its error text its own (pymssql repeats a process's
+    first server error later; docs/freetds-tls.md). The password travels on stdin, never in argv."""
+    connect = {"server": server, "port": str(port), "user": "sa", "password": password, **options}
+    probe = subprocess.run(
+        [sys.executable, "-c", _ATTEMPT],
+        input=json.dumps({"connect": connect, "sql": list(sql)}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "FREETDSCONF": str(conf)},
+    )
+    result = json.loads(probe.stdout)
+    return None if result is None else (int(result[0]), str(result[1]))
+
+
+def freetds_conf(folder: Path, sections: dict[str, dict[str, str]]) -> Path:
+    """Write a freetds.conf with an empty [global] and one section per endpoint (docs/freetds-tls.md:
+    ``host``, ``port``, ``ca file``, ``certificate hostname``; connect with ``server=<section>``)."""
+    lines = ["[global]"]
+    for name, settings in sections.items():
+        lines += [f"[{name}]", *(f"\t{key} = {value}" for key, value in settings.items())]
+    path = folder / f"freetds-{uuid.uuid4().hex[:8]}.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def is_paused(db: Database) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect.testing.utilities import prefect_test_harness
 
 from sandbox.cluster import Database, Sandbox
+from sandbox.faultproxy import FaultProxy
 
 DatabaseFactory = Callable[..., Database]
 
@@ -41,3 +43,15 @@ def make_database(sandbox: Sandbox) -> DatabaseFactory:
         )
 
     return make
+
+
+@pytest.fixture
+def proxy(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """The flow reaches the API server through a fault proxy (a new KUBECONFIG: a fresh client)."""
+    running = sandbox.fault_proxy()
+    kubeconfig = running.kubeconfig(tmp_path / "kubeconfig", sandbox.control_plane.admin_token)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    try:
+        yield running
+    finally:
+        running.stop()

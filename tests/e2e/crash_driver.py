@@ -3,8 +3,9 @@
     python -m tests.e2e.crash_driver NAMESPACE DATABASE POINT
 
 POINT is a task name of the flow (the process dies right after that task completes for the first
-time: a step boundary) or ``mid-set`` (dies after the first replica's ALTER LOGIN committed, before
-the next replica's). The flow itself is unchanged; only this driver wraps its tasks.
+time: a step boundary), ``mid-set`` (dies after the first replica's ALTER LOGIN committed, before
+the next replica's) or ``mid-commit`` (dies after the secret's commit write, before the MSSQLServer's
+spec.authSecret is updated). The flow itself is unchanged; only this driver wraps what it calls.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import flows.rotate_auth as flow_module
 import tasks.set_password as set_password_module
+from rotation.kube import Kube
 
 STEP_TASKS = {
     "inspect-database": "inspect_database",
@@ -32,23 +34,32 @@ STEP_TASKS = {
     "check-rotation": "check_rotation",
     "resume-database": "resume_database",
 }
-POINTS = (*STEP_TASKS, "mid-set")
+POINTS = (*STEP_TASKS, "mid-set", "mid-commit")
 
 
 def die(*_: Any) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def die_after(module: Any, name: str) -> None:
+    """Replace ``module.name`` by a call to it followed by SIGKILL."""
+    namespace = vars(module)
+    real = namespace[name]
+
+    def call_then_die(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        die()
+
+    namespace[name] = call_then_die
+
+
 def arm(point: str) -> None:
     if point == "mid-set":
-        namespace = vars(set_password_module)
-        real = namespace["change_password"]
-
-        def change_then_die(*args: Any, **kwargs: Any) -> None:
-            real(*args, **kwargs)
-            die()
-
-        namespace["change_password"] = change_then_die
+        die_after(set_password_module, "change_password")
+        return
+    if point == "mid-commit":
+        # The commit's second half begins with this patch; the first call to it in a run is there.
+        setattr(Kube, "patch_database_auth_secret", die)  # noqa: B010
         return
     name = STEP_TASKS[point]
     task = getattr(flow_module, name)

@@ -148,7 +148,8 @@ def test_a_bad_input_is_refused_clearly_before_anything_changes(
 
 
 @proves(
-    fault="malformed parameters: timeout '5 minutes' or '0s', apply 'Sometimes', names with capitals",
+    fault="malformed parameters: timeout '5 minutes', '0s' or '1ms', apply 'Sometimes', tls_verify 'Off', "
+    "names with capitals",
     where="the flow's parameters (called directly; deployments reject them on the server too)",
     outcome="Prefect's parameter validation refuses the run before any step runs",
 )
@@ -157,10 +158,25 @@ def test_a_bad_input_is_refused_clearly_before_anything_changes(
     [
         ({"timeout": "5 minutes"}, "timeout: String should match pattern"),
         ({"timeout": "0s"}, "timeout '0s' must be longer than zero"),
+        (
+            {"timeout": "1ms"},
+            "timeout '1ms' is too short: a step (a pod restart, an election) needs at least 10s",
+        ),
+        (
+            {"tls_verify": "Off"},
+            "tls_verify: Input should be 'VerifyFull', 'VerifyCA' or 'TrustServerCertificate'",
+        ),
         ({"apply": "Sometimes"}, "apply: Input should be 'IfReady' or 'Always'"),
         ({"database": "Not_A_Name"}, "database: String should match pattern"),
     ],
-    ids=["timeout-words", "timeout-zero", "apply-unknown", "database-invalid"],
+    ids=[
+        "timeout-words",
+        "timeout-zero",
+        "timeout-too-short",
+        "apply-unknown",
+        "tls-unknown",
+        "database-invalid",
+    ],
 )
 def test_malformed_parameters_are_refused_before_any_step(
     make_database: DatabaseFactory, parameters: dict[str, str], message: str

@@ -29,7 +29,7 @@ from tasks.lock import expires_at
 from tests.e2e.conftest import DatabaseFactory
 from tests.e2e.crash_driver import POINTS
 from tests.fault_matrix import proves
-from tests.support import assert_rotated, is_paused
+from tests.support import assert_rotated, is_paused, terminated_pods
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 CHILD_LEASE_SECONDS = "3"  # the killed run's lock lapses this long after its last renewal
@@ -72,11 +72,14 @@ def report_the_dead_run_as_crashed(db: Database) -> None:
 
 
 @proves(
-    fault="SIGKILL of the flow process right after each of its 13 steps, or between two replicas' "
-    "ALTER LOGIN",
+    fault="SIGKILL of the flow process right after each of its 13 steps, between two replicas' "
+    "ALTER LOGIN, or between the commit's secret write and its update of the MSSQLServer",
     where="the flow's process (tests/e2e/crash_driver.py), no `finally` runs",
     outcome="a second run converges: the secret's password logs in everywhere, every pod Ready, "
-    "database resumed, password.prev = the original, no .next keys, lock released",
+    "database resumed, password.prev = the original, no .next keys, lock released, "
+    "spec.authSecret.activeFrom = the secret's auth-active-from; every pod restarted exactly once "
+    "over both runs (a pod restarted after the commit is not restarted again). Killed after resuming "
+    "(all done but releasing the lock), the next run is a new rotation, not a no-op",
 )
 @pytest.mark.parametrize("point", POINTS)
 def test_a_rotation_killed_at_any_point_is_finished_by_the_next_run(
@@ -86,11 +89,23 @@ def test_a_rotation_killed_at_any_point_is_finished_by_the_next_run(
     original = db.secret_data()["password"]
 
     run_until_killed(db, point)
+    after_the_kill = db.secret_data()["password"]
     report_the_dead_run_as_crashed(db)
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
     assert report.outcome == "Successful"
-    assert_rotated(db, original)
+    if point == "resume-database":
+        # The killed run had done everything but release its lock: the next run is a new rotation.
+        assert_rotated(db, after_the_kill)
+        assert sorted(terminated_pods(db)) == sorted(db.pods * 2)
+    else:
+        assert_rotated(db, original)
+        assert sorted(terminated_pods(db)) == db.pods
+    secret = db.sandbox.core.read_namespaced_secret(db.get()["spec"]["authSecret"]["name"], db.namespace)
+    assert (
+        db.get()["spec"]["authSecret"]["activeFrom"]
+        == secret.metadata.annotations["kubedb.com/auth-active-from"]
+    )
 
 
 @proves(

@@ -67,9 +67,11 @@ def test_prefect_deploy_registers_the_scheduled_manual_and_in_cluster_deployment
     assert all(d["enforce_parameter_schema"] for d in found.values())
     assert found["manual"]["work_pool_name"] == LOCAL_POOL
     assert found["in-cluster"]["work_pool_name"] == K8S_POOL
-    variables = found["in-cluster"]["job_variables"]
-    assert variables["service_account_name"] == "mssql-auth-rotation"
-    assert variables["namespace"] == "mssql-auth-rotation"
+    # The pool's template fixes image, command, namespace and identity; a run may only set the TTL.
+    assert found["in-cluster"]["job_variables"] == {"finished_job_ttl": 3600}
+    job = stack.api("GET", f"/work_pools/{K8S_POOL}")["base_job_template"]["job_configuration"]
+    assert job["namespace"] == "mssql-auth-rotation"
+    assert job["job_manifest"]["spec"]["template"]["spec"]["serviceAccountName"] == "mssql-auth-rotation"
     pools = {p["name"]: p["type"] for p in stack.api("POST", "/work_pools/filter", {})}
     assert pools[LOCAL_POOL] == "process" and pools[K8S_POOL] == "kubernetes"
 

@@ -357,8 +357,10 @@ def test_a_disruption_budget_that_refuses_every_eviction_fails_naming_it_and_nev
     db = make_database(replicas=3, pdb={"minAvailable": 3})
     original = db.secret_data()["password"]
 
-    with pytest.raises(StepTimeout, match=f"refused for 3s by PodDisruptionBudget {db.namespace}/{db.name} "):
-        rotate_mssql_auth(namespace=db.namespace, database=db.name, timeout="3s")
+    with pytest.raises(
+        StepTimeout, match=f"refused for 10s by PodDisruptionBudget {db.namespace}/{db.name} "
+    ):
+        rotate_mssql_auth(namespace=db.namespace, database=db.name, timeout="10s")
 
     assert terminated_pods(db) == []
     assert "DeletePod" not in event_reasons(db)

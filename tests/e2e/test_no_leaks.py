@@ -1,7 +1,11 @@
-"""No secret value anywhere: every password the suite used is searched for in everything it captured.
+"""No secret value anywhere: every password the suite used is searched for in everything it captured,
+and on the wire to SQL Server, where passwords may only ever travel inside TLS.
 
 Runs after every other test of the session (tests/conftest.py orders it last). The passwords are
-all the sandbox ever saw — in any Secret, generated or user-supplied, and on any SQL instance.
+all the sandbox ever saw — in any Secret, generated or user-supplied, and on any SQL instance. The
+wire is what a sniffer on the pod network would have read: every SQL instance of the session's
+sandbox records what reached it outside TLS (LOGIN7 user names and passwords, de-obfuscated; batch
+SQL; RPC payloads) and whether an ALTER LOGIN ever arrived outside TLS.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def kubernetes_events(sandbox: Sandbox) -> Iterable[tuple[str, str]]:
 @proves(
     fault="every password the suite generated, supplied or set (in Secrets and on SQL instances)",
     where="searched for in captured stdout/stderr/logs of every test, Prefect logs, artifacts, flow-run "
-    "parameters and state messages (exception texts), and Kubernetes Events",
+    "parameters and state messages (exception texts), Kubernetes Events, and everything that reached a "
+    "SQL instance outside TLS (the clear-text wire record, LOGIN7 passwords decoded)",
     outcome="none appears anywhere",
 )
 def test_no_password_appears_in_anything_the_suite_captured(sandbox: Sandbox) -> None:
@@ -54,10 +59,28 @@ def test_no_password_appears_in_anything_the_suite_captured(sandbox: Sandbox) ->
         *(("captured test output", text) for text in CAPTURED),
         *prefect_records(),
         *kubernetes_events(sandbox),
+        *(("clear text on the wire to SQL Server", text) for text in sandbox.clear_text_wire()),
     ]
 
     leaks = sorted({where for where, text in records for password in passwords if password in text})
 
     assert len(passwords) > 10, "the suite should have used many passwords by now"
     assert len(records) > 100, "the suite should have captured plenty by now"
-    assert leaks == [], f"a password appeared in: {leaks}"
+    assert leaks == [], f"a password appeared in: {leaks}"  # where only: the texts would show them
+    assert sandbox.fleet.clear_text_dropped() == 0, "the clear-text wire record overflowed: widen it"
+
+
+@proves(
+    fault="every ALTER LOGIN the suite's rotations sent (the statement carries the new and old password)",
+    where="the encryption record of every SQL instance of the session's sandbox",
+    outcome="none arrived outside TLS",
+)
+def test_no_alter_login_ever_reached_a_sql_instance_outside_tls(sandbox: Sandbox) -> None:
+    # An ALTER LOGIN carries the new password: outside TLS a sniffer on the pod network reads it.
+    altered = [
+        key
+        for key, instance in sandbox.fleet.instances()
+        if any(b.kind == "alter-login" for b in instance.batches)
+    ]
+    assert len(altered) > 10, "the suite should have changed passwords on many instances by now"
+    assert sandbox.unencrypted_alter_logins() == [], "ALTER LOGIN arrived in clear text on these instances"

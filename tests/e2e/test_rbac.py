@@ -1,14 +1,26 @@
-"""deployments/rbac.yaml on a real API server with RBAC: a whole rotation runs as the identity the file
-grants, and that identity is refused everything the file does not grant.
+"""The rotation's identity on a real API server with RBAC: deployments/rbac.yaml (the ServiceAccount) and
+deployments/rbac-mssql-demo.yaml (the Role and RoleBinding `python -m rotation rbac` generates for the
+example database, and nothing else). Whole rotations run as that identity, and it is refused
+everything the generated Role does not name: another database's pods, PetSet, MSSQLServer, secrets
+and Lease in the same namespace, pods beyond the replicas, writes to the TLS secret.
 
 The manifests are read from deployments/ (never copied here) and created with the admin client; the
 flow then runs with KUBECONFIG pointing at a token kubeconfig of the file's ServiceAccount
 (``rotation.kube`` caches one API client per KUBECONFIG value, so the flow really uses that identity).
+
+The Prefect kubernetes work pool's base job template (deployments/k8s-base-job-template.json), with a
+real Prefect server: the image, command, namespace and service account of the flow runs' Jobs are no
+job variables. The server refuses a deployment or a run that sets them (422) where it checks job
+variables; where it does not (PATCH of a deployment, POST /flow_runs/), the worker's own rendering
+(prefect-kubernetes' job configuration, as the worker calls it) leaves them as the template fixes them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,25 +30,42 @@ import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_kubernetes.worker import KubernetesWorker
 
 from flows.rotate_auth import rotate_mssql_auth
 from rotation import constants as c
 from rotation.errors import PermanentError
 from rotation.plan import lock_name
 from sandbox.cluster import Database, Sandbox
+from sandbox.prefect_stack import K8S_BASE_JOB_TEMPLATE, K8S_POOL, PrefectStack
 from tests.support import create_basic_auth_secret, is_paused, logs_in
 
 DEPLOYMENTS = Path(__file__).resolve().parents[2] / "deployments"
 RBAC_YAML = DEPLOYMENTS / "rbac.yaml"
+GRANT_YAML = DEPLOYMENTS / "rbac-mssql-demo.yaml"  # generated: tests/unit/test_rbac_cli.py
 WORKER_YAML = DEPLOYMENTS / "worker.yaml"
 
 # The example the manifests grant: database mssql-demo in namespace demo (no other test uses "demo").
-NAMESPACE, DATABASE = "demo", "mssql-demo"
+NAMESPACE, DATABASE, REPLICAS = "demo", "mssql-demo", 3
 AUTH_SECRET, USER_SECRET = f"{DATABASE}-auth", f"{DATABASE}-new-auth"
-UNLISTED_SECRET = "unrelated-secret"  # in demo, but not in the secrets Role's resourceNames
+TLS_SECRET = f"{DATABASE}-server-cert"  # granted get only
+UNLISTED_SECRET = "unrelated-secret"  # in demo, but not in the generated Role's resourceNames
+OTHER = "mssql-other"  # another database in the same namespace, which the Role does not name
 IDENTITY = "mssql-auth-rotation"  # the ServiceAccount and its namespace, as in rbac.yaml
 ELSEWHERE = "demo-elsewhere"  # a namespace the manifests do not bind the identity in
 GRANT_WAIT_S = 10.0  # the authorizer learns of new RBAC objects through its own watch
+# What the base job template fixes, and what a deployment or run may try to change.
+FIXED_IMAGE = "ghcr.io/example/mssql-auth-rotation:0.1.0"
+FIXED_ARGS = ["prefect", "flow-run", "execute"]
+HOSTILE = {
+    "image": "evil.example/anything:latest",
+    "command": "sh -c 'cat /var/run/secrets/kubernetes.io/serviceaccount/token'",
+    "service_account_name": "default",
+    "namespace": NAMESPACE,
+    "env": {"PYTHONPATH": "/tmp/planted"},
+}
 
 Manifest = dict[str, Any]
 
@@ -83,12 +112,13 @@ def basic_auth(name: str, namespace: str, password: str) -> client.V1Secret:
 # -- fixtures: the manifests applied once, the database created once -------------------------------
 @pytest.fixture(scope="module")
 def rbac_docs() -> list[Manifest]:
-    return load(RBAC_YAML)
+    return load(RBAC_YAML) + load(GRANT_YAML)
 
 
 @pytest.fixture(scope="module")
 def database(sandbox: Sandbox, rbac_docs: list[Manifest]) -> Database:
-    db = sandbox.create_database(NAMESPACE, DATABASE, replicas=3)
+    db = sandbox.create_database(NAMESPACE, DATABASE, replicas=REPLICAS)
+    sandbox.create_database(NAMESPACE, OTHER, replicas=1)  # its pod, PetSet, secret: not ours to touch
     declared = {d["metadata"]["name"] for d in rbac_docs if d["kind"] == "Namespace"}
     for namespace in {d["metadata"].get("namespace") for d in rbac_docs} - declared - {None}:
         sandbox.ensure_namespace(namespace)  # the database namespaces exist before the grants
@@ -111,7 +141,7 @@ def kubeconfig(sandbox: Sandbox, database: Database, rbac_docs: list[Manifest]) 
     try:
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         deadline = time.monotonic() + GRANT_WAIT_S
-        while True:  # both bindings (ClusterRole and secrets Role) must have reached the authorizer
+        while True:  # the generated Role and its binding must have reached the authorizer
             try:
                 core.read_namespaced_secret(AUTH_SECRET, NAMESPACE)
                 custom.get_namespaced_custom_object(
@@ -132,6 +162,7 @@ class Identity:
     core: client.CoreV1Api
     custom: client.CustomObjectsApi
     rbac: client.RbacAuthorizationV1Api
+    coordination: client.CoordinationV1Api
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +170,10 @@ def identity(kubeconfig: Path) -> Iterator[Identity]:
     api = config.new_client_from_config(str(kubeconfig))
     try:
         yield Identity(
-            client.CoreV1Api(api), client.CustomObjectsApi(api), client.RbacAuthorizationV1Api(api)
+            client.CoreV1Api(api),
+            client.CustomObjectsApi(api),
+            client.RbacAuthorizationV1Api(api),
+            client.CoordinationV1Api(api),
         )
     finally:
         api.close()
@@ -155,36 +189,48 @@ def as_identity(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_no_rule_grants_a_wildcard_and_secrets_are_granted_only_by_name() -> None:
     for path in sorted(DEPLOYMENTS.glob("*.yaml")):
         docs = load(path)
-        assert not [d for d in docs if d["kind"] == "ClusterRoleBinding"], f"{path.name}: cluster-wide grant"
-        for role in (d for d in docs if d["kind"] in ("ClusterRole", "Role")):
-            where = f"{path.name}: {role['kind']} {role['metadata']['name']}"
+        assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")], path.name
+        for role in (d for d in docs if d["kind"] == "Role"):
+            where = f"{path.name}: Role {role['metadata']['name']}"
             for rule in role["rules"]:
                 for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                     assert "*" not in rule.get(field, []), f"{where}: {field} {rule}"
                 assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "update", "patch", "delete"}
+                generated = path.name.startswith("rbac-")  # by python -m rotation rbac
+                if generated and set(rule["verbs"]) & {"get", "update", "patch", "delete"}:
+                    assert rule.get("resourceNames"), f"{where}: {rule['verbs']} on any object: {rule}"
                 if any(r.split("/")[0] == "secrets" for r in rule["resources"]):
-                    assert (path.name, role["kind"], role["metadata"]["name"]) == (
-                        "rbac.yaml",
-                        "Role",
-                        "mssql-auth-rotation-secrets",
-                    ), f"{where} grants secrets"
+                    assert generated, f"{where} grants secrets outside a generated grant"
                     assert rule.get("resourceNames"), f"{where}: secrets without resourceNames"
                     assert set(rule["verbs"]) <= {"get", "update"}, where
 
 
-def test_the_secrets_role_lists_the_auth_secret_and_the_user_secret(rbac_docs: list[Manifest]) -> None:
+def test_the_generated_grant_names_the_database_its_replicas_and_its_secrets(
+    rbac_docs: list[Manifest],
+) -> None:
     account = one(rbac_docs, "ServiceAccount")["metadata"]
     assert (account["namespace"], account["name"]) == (IDENTITY, IDENTITY)
-    role = one(rbac_docs, "Role", "mssql-auth-rotation-secrets")
-    assert role["metadata"]["namespace"] == NAMESPACE
-    for rule in role["rules"]:
-        assert set(rule["resourceNames"]) == {AUTH_SECRET, USER_SECRET}
-    bindings = [d for d in rbac_docs if d["kind"] == "RoleBinding"]
-    assert {(b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bindings} == {
-        ("ClusterRole", "mssql-auth-rotation"),
-        ("Role", "mssql-auth-rotation-secrets"),
+    role = one(rbac_docs, "Role")
+    binding = one(rbac_docs, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
     }
-    assert {b["metadata"]["namespace"] for b in bindings} == {NAMESPACE}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": IDENTITY, "namespace": IDENTITY}]
+    by_verb: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for resource in rule["resources"]:
+            for verb in rule["verbs"]:
+                by_verb[(resource, verb)] = set(rule.get("resourceNames", []))
+    pods = {f"{DATABASE}-{n}" for n in range(REPLICAS)}
+    assert by_verb[("pods", "delete")] == by_verb[("pods/eviction", "create")] == pods
+    assert by_verb[("petsets", "update")] == by_verb[("mssqlservers", "patch")] == {DATABASE}
+    assert by_verb[("mssqlservers/status", "patch")] == {DATABASE}
+    assert by_verb[("leases", "delete")] == {lock_name(DATABASE)}
+    assert by_verb[("secrets", "get")] == {AUTH_SECRET, USER_SECRET, TLS_SECRET}
+    assert by_verb[("secrets", "update")] == {AUTH_SECRET, USER_SECRET}
 
 
 def test_the_worker_manifests_are_accepted_by_the_api_server(sandbox: Sandbox, database: Database) -> None:
@@ -205,7 +251,7 @@ def test_the_worker_manifests_are_accepted_by_the_api_server(sandbox: Sandbox, d
 
 # -- a rotation as the identity --------------------------------------------------------------------
 @pytest.mark.usefixtures("as_identity")
-def test_a_rotation_succeeds_with_only_the_permissions_in_rbac_yaml(database: Database) -> None:
+def test_a_rotation_succeeds_with_only_the_generated_grant(database: Database) -> None:
     old = database.secret_data()["password"]
 
     report = rotate_mssql_auth(namespace=NAMESPACE, database=DATABASE)
@@ -222,7 +268,7 @@ def test_a_rotation_succeeds_with_only_the_permissions_in_rbac_yaml(database: Da
 
 
 @pytest.mark.usefixtures("as_identity")
-def test_a_user_secret_the_role_does_not_list_is_refused_before_anything_changes(
+def test_a_user_secret_the_generated_role_does_not_list_is_refused_before_anything_changes(
     database: Database,
 ) -> None:
     before = database.secret_data()
@@ -296,12 +342,271 @@ FORBIDDEN: dict[str, Callable[[Identity], object]] = {
             "subjects": [{"kind": "ServiceAccount", "name": IDENTITY, "namespace": IDENTITY}],
         },
     ),
+    # The generated Role names its own database's objects; the same namespace's others are out of reach.
+    "read a pod of another database": lambda i: i.core.read_namespaced_pod(f"{OTHER}-0", NAMESPACE),
+    "delete a pod of another database": lambda i: i.core.delete_namespaced_pod(f"{OTHER}-0", NAMESPACE),
+    "evict a pod of another database": lambda i: _evict(i, f"{OTHER}-0"),
+    "delete a pod of its database beyond its replicas": lambda i: i.core.delete_namespaced_pod(
+        f"{DATABASE}-{REPLICAS}", NAMESPACE
+    ),
+    "evict a pod of its database beyond its replicas": lambda i: _evict(i, f"{DATABASE}-{REPLICAS}"),
+    "read another PetSet": lambda i: i.custom.get_namespaced_custom_object(
+        c.PETSET_GROUP, c.PETSET_VERSION, NAMESPACE, c.PETSET_PLURAL, OTHER
+    ),
+    "update another PetSet": lambda i: i.custom.replace_namespaced_custom_object(
+        c.PETSET_GROUP, c.PETSET_VERSION, NAMESPACE, c.PETSET_PLURAL, OTHER, {"metadata": {"name": OTHER}}
+    ),
+    "read another MSSQLServer": lambda i: i.custom.get_namespaced_custom_object(
+        c.DB_GROUP, c.DB_VERSION, NAMESPACE, c.DB_PLURAL, OTHER
+    ),
+    "patch another MSSQLServer": lambda i: i.custom.patch_namespaced_custom_object(
+        c.DB_GROUP,
+        c.DB_VERSION,
+        NAMESPACE,
+        c.DB_PLURAL,
+        OTHER,
+        {"spec": {"authSecret": {"name": AUTH_SECRET}}},
+    ),
+    "patch the status of another MSSQLServer": lambda i: i.custom.patch_namespaced_custom_object_status(
+        c.DB_GROUP, c.DB_VERSION, NAMESPACE, c.DB_PLURAL, OTHER, {"status": {"conditions": []}}
+    ),
+    "watch another MSSQLServer": lambda i: i.custom.list_namespaced_custom_object(
+        c.DB_GROUP,
+        c.DB_VERSION,
+        NAMESPACE,
+        c.DB_PLURAL,
+        field_selector=f"metadata.name={OTHER}",
+        watch=True,
+        timeout_seconds=1,
+        _preload_content=False,
+    ),
+    "read another database's auth secret": lambda i: i.core.read_namespaced_secret(
+        f"{OTHER}-auth", NAMESPACE
+    ),
+    "update another database's auth secret": lambda i: i.core.replace_namespaced_secret(
+        f"{OTHER}-auth", NAMESPACE, _secret_body(f"{OTHER}-auth")
+    ),
+    "update the TLS secret (granted get only)": lambda i: i.core.replace_namespaced_secret(
+        TLS_SECRET, NAMESPACE, _secret_body(TLS_SECRET)
+    ),
+    "read the Lease of another database": lambda i: i.coordination.read_namespaced_lease(
+        lock_name(OTHER), NAMESPACE
+    ),
+    "update the Lease of another database": lambda i: i.coordination.replace_namespaced_lease(
+        lock_name(OTHER), NAMESPACE, {"metadata": {"name": lock_name(OTHER)}}
+    ),
+    "delete the Lease of another database": lambda i: i.coordination.delete_namespaced_lease(
+        lock_name(OTHER), NAMESPACE
+    ),
 }
 
 
+def _evict(i: Identity, pod: str) -> object:
+    body = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod, namespace=NAMESPACE))
+    return i.core.create_namespaced_pod_eviction(pod, NAMESPACE, body)
+
+
 @pytest.mark.parametrize("attempt", list(FORBIDDEN))
-def test_the_identity_is_refused_what_rbac_yaml_does_not_grant(identity: Identity, attempt: str) -> None:
+def test_the_identity_is_refused_what_the_generated_grant_does_not_name(
+    identity: Identity, attempt: str
+) -> None:
     with pytest.raises(ApiException) as refused:
         FORBIDDEN[attempt](identity)
     assert refused.value.status == 403, refused.value.reason
     assert f"system:serviceaccount:{IDENTITY}:{IDENTITY}" in str(refused.value.body)
+
+
+ALLOWED: dict[str, Callable[[Identity], object]] = {
+    "read the TLS secret (its CA)": lambda i: i.core.read_namespaced_secret(TLS_SECRET, NAMESPACE),
+    "watch its MSSQLServer by name": lambda i: i.custom.list_namespaced_custom_object(
+        c.DB_GROUP,
+        c.DB_VERSION,
+        NAMESPACE,
+        c.DB_PLURAL,
+        field_selector=f"metadata.name={DATABASE}",
+        watch=True,
+        timeout_seconds=1,
+        _preload_content=False,
+    ),
+}
+
+
+@pytest.mark.parametrize("attempt", list(ALLOWED))
+def test_the_identity_may_do_what_the_generated_grant_names(identity: Identity, attempt: str) -> None:
+    """Granted by name; a 404 (e.g. a database without spec.tls has no server-cert) is an answer."""
+    try:
+        ALLOWED[attempt](identity)
+    except ApiException as exc:
+        assert exc.status == 404, f"{attempt}: {exc.status} {exc.reason}"
+
+
+# -- the kubernetes work pool's base job template --------------------------------------------------
+@pytest.fixture(scope="module")
+def stack() -> Iterator[PrefectStack]:
+    """A real Prefect server with the project's work pools (the template applied as the stack and the
+    docs apply it: `prefect work-pool create --base-job-template`) and prefect.yaml's deployments."""
+    prefect = PrefectStack()
+    try:
+        prefect.start_server()
+        prefect.deploy_all()
+        yield prefect
+    finally:
+        prefect.stop()
+
+
+def in_cluster(stack: PrefectStack) -> dict[str, Any]:
+    [deployment] = [d for d in stack.api("POST", "/deployments/filter", {}) if d["name"] == "in-cluster"]
+    return deployment  # type: ignore[no-any-return]
+
+
+def refusal(call: Callable[[], object]) -> tuple[int, str]:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        call()
+    return refused.value.code, refused.value.read().decode()
+
+
+def rendered_job(stack: PrefectStack, flow_run_id: str) -> Manifest:
+    """The Job the kubernetes worker would create for this run: prefect-kubernetes' job configuration
+    resolved as the worker resolves it (pool template + deployment and run job variables)."""
+
+    async def render() -> Manifest:
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            async with get_client() as prefect:
+                run = await prefect.read_flow_run(flow_run_id)  # type: ignore[arg-type]
+                pool = await prefect.read_work_pool(K8S_POOL)
+                configuration = await KubernetesWorker.job_configuration.resolve_for_flow_run(
+                    run, client=prefect, work_pool=pool, worker_name="test-rbac"
+                )
+                assert configuration.namespace == IDENTITY
+                return dict(configuration.job_manifest)
+
+    return asyncio.run(render())
+
+
+def dry_run_job(sandbox: Sandbox, job: Manifest) -> Manifest:
+    """The API server's server-side dry run of creating the Job as rendered (validated, not stored).
+
+    Sent raw, as the worker's own client (kubernetes_asyncio) sends it: the manifest keeps the two
+    fields prefect-kubernetes requires in the pod spec (parallelism, completions), which the typed
+    client refuses and the API server drops.
+    """
+    request = sandbox.api.param_serialize(
+        method="POST",
+        resource_path=f"/apis/batch/v1/namespaces/{IDENTITY}/jobs",
+        query_params=[("dryRun", "All")],
+        header_params={"Accept": "application/json", "Content-Type": "application/json"},
+        body=job,
+        auth_settings=["BearerToken"],
+    )
+    response = sandbox.api.call_api(*request)
+    text = response.read().decode()
+    assert response.status == 201, text
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def assert_locked(job: Manifest) -> None:
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert job["metadata"]["namespace"] == IDENTITY
+    assert pod["serviceAccountName"] == IDENTITY
+    assert container["image"] == FIXED_IMAGE
+    assert container["args"] == FIXED_ARGS and "command" not in container
+    assert "PYTHONPATH" not in {env["name"] for env in container["env"]}
+
+
+def test_the_pool_template_fixes_image_command_namespace_and_service_account(stack: PrefectStack) -> None:
+    template = stack.api("GET", f"/work_pools/{K8S_POOL}")["base_job_template"]
+
+    assert template == json.loads(K8S_BASE_JOB_TEMPLATE.read_text())
+    assert template["variables"]["additionalProperties"] is False
+    assert set(template["variables"]["properties"]) == {"finished_job_ttl"}
+    placeholders = {p for p in json.dumps(template["job_configuration"]).split('"') if "{{" in p}
+    assert placeholders == {"{{ finished_job_ttl }}"}
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    security = pod["containers"][0]["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert in_cluster(stack)["job_variables"] == {"finished_job_ttl": 3600}  # prefect.yaml
+
+
+@pytest.mark.parametrize("variable", list(HOSTILE))
+def test_a_run_or_a_deployment_that_sets_a_fixed_job_variable_is_refused(
+    stack: PrefectStack, variable: str
+) -> None:
+    deployment = in_cluster(stack)
+    run = {"parameters": {"namespace": NAMESPACE, "database": DATABASE}}
+    hostile = {variable: HOSTILE[variable]}
+
+    status, detail = refusal(
+        lambda: stack.api(
+            "POST", f"/deployments/{deployment['id']}/create_flow_run", run | {"job_variables": hostile}
+        )
+    )
+    assert status == 422 and f"'{variable}' was unexpected" in detail, detail
+    status, detail = refusal(
+        lambda: stack.api(
+            "POST",
+            "/deployments/",
+            {
+                "name": f"hostile-{variable.replace('_', '-')}",
+                "flow_id": deployment["flow_id"],
+                "entrypoint": deployment["entrypoint"],
+                "work_pool_name": K8S_POOL,
+                "job_variables": hostile,
+            },
+        )
+    )
+    assert status == 422 and f"'{variable}' was unexpected" in detail, detail
+
+
+def test_a_run_may_set_the_one_job_variable_within_its_bounds(stack: PrefectStack) -> None:
+    deployment = in_cluster(stack)
+    path = f"/deployments/{deployment['id']}/create_flow_run"
+    run = {"parameters": {"namespace": NAMESPACE, "database": DATABASE}}
+
+    status, detail = refusal(
+        lambda: stack.api("POST", path, run | {"job_variables": {"finished_job_ttl": 5}})
+    )
+    assert status == 422 and "finished_job_ttl" in detail
+
+    accepted = stack.api("POST", path, run | {"job_variables": {"finished_job_ttl": 120}})
+    try:
+        job = rendered_job(stack, accepted["id"])
+        assert job["spec"]["ttlSecondsAfterFinished"] == 120
+        assert_locked(job)
+    finally:
+        stack.api("DELETE", f"/flow_runs/{accepted['id']}")  # no worker polls this pool here
+
+
+def test_where_the_server_does_not_check_job_variables_the_worker_ignores_them(
+    stack: PrefectStack, sandbox: Sandbox, database: Database
+) -> None:
+    """Prefect 3.9.1 stores job variables unchecked on two paths: PATCH of a deployment without a
+    work_pool_name, and POST /flow_runs/. The template has no placeholder for them, so the worker's
+    rendering leaves the image, command, namespace and service account as it fixes them."""
+    deployment = in_cluster(stack)
+    stack.api("PATCH", f"/deployments/{deployment['id']}", {"job_variables": HOSTILE})
+    try:
+        assert in_cluster(stack)["job_variables"] == HOSTILE  # stored as sent
+        run = stack.api(
+            "POST",
+            "/flow_runs/",
+            {
+                "flow_id": deployment["flow_id"],
+                "deployment_id": deployment["id"],
+                "parameters": {"namespace": NAMESPACE, "database": DATABASE},
+                "job_variables": HOSTILE | {"finished_job_ttl": 90},
+                "state": {"type": "SCHEDULED"},
+            },
+        )
+        assert stack.api("GET", f"/flow_runs/{run['id']}")["job_variables"]["image"] == HOSTILE["image"]
+
+        job = rendered_job(stack, run["id"])
+
+        assert_locked(job)
+        assert job["spec"]["ttlSecondsAfterFinished"] == 90  # a real variable still applies
+        assert dry_run_job(sandbox, job)["spec"]["template"]["spec"]["serviceAccountName"] == IDENTITY
+        stack.api("DELETE", f"/flow_runs/{run['id']}")
+    finally:
+        stack.api("PATCH", f"/deployments/{deployment['id']}", {"job_variables": {"finished_job_ttl": 3600}})

@@ -121,9 +121,9 @@ def test_a_pod_that_never_becomes_ready_fails_within_the_timeout_and_is_recovera
     db.sandbox.fail_pod_starts(db.namespace, stuck)
 
     with pytest.raises(
-        StepTimeout, match=f"{stuck} was not back and Ready within 3s.*run the rotation again"
+        StepTimeout, match=f"{stuck} was not back and Ready within 10s.*run the rotation again"
     ):
-        rotate_mssql_auth(namespace=db.namespace, database=db.name, timeout="3s")
+        rotate_mssql_auth(namespace=db.namespace, database=db.name, timeout="10s")
 
     assert not is_paused(db)
     committed = db.secret_data()

@@ -11,6 +11,7 @@ the API server's watch history, which replays every version since a resourceVers
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import json
@@ -21,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pymssql
@@ -29,7 +31,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from sandbox.cluster import Database, Sandbox, Settings
-from tests.support import create_basic_auth_secret, logs_in, server_args
+from tests.support import create_basic_auth_secret, freetds_conf, logs_in, pymssql_attempt, server_args
 
 GROUP, VERSION, PLURAL = "kubedb.com", "v1alpha2", "mssqlservers"
 PETSET_GROUP, PETSET_VERSION, PETSET_PLURAL = "apps.k8s.appscode.com", "v1", "petsets"
@@ -97,7 +99,13 @@ def sql(db: Database, name: str, password: str, statement: str) -> list[tuple[An
     """Run one statement on the pod's SQL Server over TCP; the rows it returned."""
     target = server_args(db.ip(name), db.port(name))
     connection = pymssql.connect(
-        **target, user="sa", password=password, login_timeout=5, timeout=5, autocommit=True
+        **target,
+        user="sa",
+        password=password,
+        login_timeout=5,
+        timeout=5,
+        autocommit=True,
+        encryption="require",  # its ALTER LOGINs carry passwords: never in clear text
     )
     with closing(connection), closing(connection.cursor()) as cursor:
         cursor.execute(statement)
@@ -379,6 +387,29 @@ def test_in_ipv6_mode_a_restarted_pod_declares_a_new_port_where_its_instance_ans
     assert declared_port(after) == db.port("v6-0") != declared_port(before)
     assert logs_in(db, "v6-0", password)
     assert refuses_connections("::1", declared_port(before))
+
+
+def test_in_ipv6_mode_a_pods_certificate_names_its_ipv6_address_and_verifies_through_a_freetds_section(
+    ipv6_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    password = new_password()
+    db = ipv6_sandbox.create_database(f"v6-{uuid.uuid4().hex[:6]}", "v6", replicas=1, password=password)
+    secret = ipv6_sandbox.core.read_namespaced_secret("v6-server-cert", db.namespace)
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(base64.b64decode(secret.data["ca.crt"]))
+    certificate = db.instance("v6-0").certificate
+    assert certificate is not None
+    name = f"v6-0.v6-pods.{db.namespace}.svc"
+    assert certificate.subject_alt_names() == ([name, f"{name}.cluster.local"], ["::1"])
+    port = db.port("v6-0")
+    verify = {"host": "::1", "port": str(port), "ca file": str(ca_file)}
+    conf = freetds_conf(tmp_path, {"by-name": {**verify, "certificate hostname": name}, "by-ip": verify})
+
+    # A section takes the bare IPv6 address as host and pymssql's port= (measured): unlike a server
+    # given without a section, which needs "[::1]:N" (tests/support.py::server_args).
+    assert pymssql_attempt(conf, "by-name", port, password, encryption="require") is None
+    assert pymssql_attempt(conf, "by-ip", port, password, encryption="require") is None
+    assert [login.encrypted for login in db.instance("v6-0").logins] == [True, True]
 
 
 # -- 3. roles from the coordinator -----------------------------------------------------------------

@@ -133,6 +133,7 @@ def sql_connect(ip: str, password: str) -> pymssql.Connection:
         login_timeout=5,
         timeout=5,
         autocommit=True,
+        encryption="require",  # tests never send a password in clear text (tests/e2e/test_no_leaks.py)
     )
 
 
@@ -502,7 +503,8 @@ def test_a_wrong_password_fails_with_login_failed_18456(core: client.CoreV1Api, 
         "import os, pymssql, sys\n"
         "try:\n"
         "    password = os.environ['PROBE_PASSWORD']\n"
-        "    pymssql.connect(sys.argv[1], 'sa', password, port='1433', login_timeout=5)\n"
+        "    pymssql.connect(sys.argv[1], 'sa', password, port='1433', login_timeout=5,\n"
+        "                    encryption='require')\n"
         "except pymssql.OperationalError as exc:\n"
         "    number, message = exc.args[0]\n"
         "    print(number, message.decode(errors='replace').split('DB-Lib')[0])\n"

@@ -9,7 +9,15 @@ import pytest
 from kubernetes import client
 
 from rotation import constants as c
-from rotation.credentials import Credentials, committed, credentials_from, finished, staged, unstaged
+from rotation.credentials import (
+    Credentials,
+    committed,
+    credentials_from,
+    finished,
+    pods_to_restart,
+    staged,
+    unstaged,
+)
 from rotation.errors import InvalidRequest
 from rotation.passwords import Password
 
@@ -136,6 +144,7 @@ def test_unstaging_an_unstaged_secret_changes_nothing() -> None:
 
 
 HOLDER = "prefect-flow-run/00000000-0000-0000-0000-000000000001"
+PODS = ["uid-mssql-0", "uid-mssql-1"]
 
 
 def _committed_from_staged(annotations: dict[str, str] | None = None) -> client.V1Secret:
@@ -150,6 +159,7 @@ def _committed_from_staged(annotations: dict[str, str] | None = None) -> client.
         active_from=ACTIVE_FROM,
         previous_secret="mssql-auth",
         holder=HOLDER,
+        pods_to_restart=PODS,
     )
 
 
@@ -174,6 +184,7 @@ def test_committing_marks_active_from_and_restart_pending_and_keeps_other_annota
         "team": "dba",
         c.ANNOTATION_ACTIVE_FROM: ACTIVE_FROM,
         c.ANNOTATION_RESTART_PENDING: "mssql-auth",
+        c.ANNOTATION_RESTART_PODS: "uid-mssql-0,uid-mssql-1",
         c.ANNOTATION_ROTATED_BY: HOLDER,
     }
     assert secret.metadata.resource_version == "4711"
@@ -190,6 +201,7 @@ def test_committing_overwrites_an_older_previous_password() -> None:
         active_from=ACTIVE_FROM,
         previous_secret="x",
         holder=HOLDER,
+        pods_to_restart=PODS,
     )
     assert _plain(secret)[c.KEY_PASSWORD_PREV] == OLD
 
@@ -204,6 +216,7 @@ def test_committing_into_a_user_supplied_secret_keeps_its_password_and_records_t
         active_from=ACTIVE_FROM,
         previous_secret="mssql-auth-old",
         holder=HOLDER,
+        pods_to_restart=PODS,
     )
     assert _plain(secret)[c.KEY_PASSWORD] == NEW
     assert _plain(secret)[c.KEY_PASSWORD_PREV] == OLD
@@ -254,6 +267,7 @@ def test_no_transition_changes_the_username(transition: str) -> None:
             active_from=ACTIVE_FROM,
             previous_secret="x",
             holder=HOLDER,
+            pods_to_restart=PODS,
         ),
         "finished": lambda: finished(creds),
     }[transition]()
@@ -299,3 +313,38 @@ def test_a_valid_secret_yields_its_passwords_wrapped() -> None:
     creds = credentials_from(_secret(username="sa", password=OLD, password_next=NEXT), where="w")
     assert creds.username == "sa" and creds.current.reveal() == OLD
     assert creds.next is not None and creds.next.reveal() == NEXT and creds.previous is None
+
+
+# --- which pods a recovery still restarts ---------------------------------------------------------
+
+
+def test_committing_records_the_pods_running_with_the_old_credentials_and_finishing_drops_them() -> None:
+    secret = _committed_from_staged()
+    marked = credentials_from(secret, where="w")
+    assert pods_to_restart(marked) == set(PODS)
+    assert pods_to_restart(credentials_from(finished(marked), where="w")) is None
+
+
+def test_a_mark_without_pods_is_from_before_they_were_recorded_so_every_pod_is_restarted() -> None:
+    assert pods_to_restart(_creds({c.KEY_USERNAME: "sa", c.KEY_PASSWORD: OLD})) is None
+
+
+# --- only the keys the rotation uses are decoded ---------------------------------------------------
+
+
+def test_a_key_the_rotation_does_not_use_is_kept_as_it_was_even_if_it_is_not_text() -> None:
+    creds = _creds({c.KEY_USERNAME: "sa", c.KEY_PASSWORD: OLD})
+    creds.secret.data["tls.key"] = base64.b64encode(b"\xff\xfe binary").decode()
+    secret = staged(credentials_from(creds.secret, where="w"), Password(NEW))
+    assert secret.data["tls.key"] == creds.secret.data["tls.key"]
+
+
+def test_a_password_that_is_not_utf8_is_refused_naming_the_key_and_never_showing_its_bytes() -> None:
+    latin1 = "Pässwörd-1".encode("latin-1")
+    secret = _secret(username="sa")
+    secret.data[c.KEY_PASSWORD] = base64.b64encode(latin1).decode()
+    with pytest.raises(InvalidRequest) as caught:
+        credentials_from(secret, where="Secret x/s (why)")
+    assert "Secret x/s (why): the value of key 'password' is not UTF-8" in str(caught.value)
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    assert "P\\xe4" not in repr(caught.value) and "xe4" not in repr(caught.value)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = ["passwords", "tsql", "durations", "params", "plan", "report", "errors", "constants"]
+PURE = ["passwords", "tsql", "durations", "params", "plan", "report", "errors", "constants", "tls", "rbac"]
 IO_LIBRARIES = {"kubernetes", "pymssql", "prefect", "urllib3", "socket", "subprocess"}
 
 

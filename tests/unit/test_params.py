@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from rotation.params import ApplyPolicy, RotationRequest
+from rotation.params import ApplyPolicy, RotationRequest, TlsVerify
 
 
 def _request(**overrides: Any) -> RotationRequest:
@@ -51,9 +51,26 @@ def test_a_database_name_that_is_not_a_dns_subdomain_is_rejected(database: str) 
     assert _rejected_field(database=database) == ("database",)
 
 
-@pytest.mark.parametrize("auth_secret", ["", "New_Auth", "NewAuth", "new auth"])
+@pytest.mark.parametrize("auth_secret", ["New_Auth", "NewAuth", "new auth", "-auth"])
 def test_an_auth_secret_name_that_is_not_a_dns_subdomain_is_rejected(auth_secret: str) -> None:
     assert _rejected_field(auth_secret=auth_secret) == ("auth_secret",)
+
+
+@pytest.mark.parametrize("field", ["auth_secret", "tls_ca_secret"])
+def test_a_blank_optional_secret_name_means_none_as_the_readme_says(field: str) -> None:
+    assert getattr(_request(**{field: ""}), field) is None
+
+
+@pytest.mark.parametrize("timeout", ["1ms", "250ms", "9s", "9.9s"])
+def test_a_timeout_under_ten_seconds_is_refused_saying_the_minimum(timeout: str) -> None:
+    with pytest.raises(ValidationError, match=r"too short.*at least 10s"):
+        _request(timeout=timeout)
+
+
+def test_tls_is_verified_fully_unless_asked_otherwise() -> None:
+    assert _request().tls_verify is TlsVerify.VERIFY_FULL
+    assert _request(tls_verify="TrustServerCertificate").tls_verify is TlsVerify.TRUST_SERVER_CERTIFICATE
+    assert _rejected_field(tls_verify="None") == ("tls_verify",)
 
 
 @pytest.mark.parametrize("apply", ["ifready", "Never", "", "always"])
@@ -74,7 +91,7 @@ def test_a_zero_timeout_is_rejected_although_it_matches_the_pattern() -> None:
     assert "longer than zero" in error["msg"]
 
 
-@pytest.mark.parametrize(("timeout", "seconds"), [("90s", 90.0), ("1.5h", 5400.0), ("250ms", 0.25)])
+@pytest.mark.parametrize(("timeout", "seconds"), [("90s", 90.0), ("1.5h", 5400.0), ("10000ms", 10.0)])
 def test_timeout_seconds_is_the_parsed_timeout(timeout: str, seconds: float) -> None:
     assert _request(timeout=timeout).timeout_seconds == pytest.approx(seconds)
 
@@ -87,7 +104,15 @@ def test_a_request_is_immutable() -> None:
 
 def test_every_schema_property_has_a_title_and_a_description() -> None:
     properties = RotationRequest.model_json_schema()["properties"]
-    assert set(properties) == {"namespace", "database", "auth_secret", "timeout", "apply"}
+    assert set(properties) == {
+        "namespace",
+        "database",
+        "auth_secret",
+        "timeout",
+        "apply",
+        "tls_verify",
+        "tls_ca_secret",
+    }
     for name, prop in properties.items():
         assert prop.get("title"), name
         assert prop.get("description"), name

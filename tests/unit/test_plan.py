@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
 from rotation import constants as c
+from rotation.params import TlsVerify
 from rotation.plan import (
     Endpoint,
     PodView,
@@ -23,9 +25,15 @@ from rotation.plan import (
     pauses,
     role_of,
     roles_settled,
+    secret_users,
     stage_of,
     unsupported_auth_secret,
     usable_replicas,
+)
+from rotation.tls import TlsProfile
+
+TLS = TlsProfile(
+    verify=TlsVerify.VERIFY_FULL, ca_pem="-----BEGIN CERTIFICATE-----", ca_source="Secret demo/x"
 )
 
 
@@ -44,6 +52,9 @@ def _target(replicas: tuple[Replica, ...], *, database: str = "mssql") -> Target
         replicas=replicas,
         stage=Stage.IDLE,
         timeout_seconds=300.0,
+        tls=TLS,
+        restart=tuple(r.pod for r in replicas),
+        holder="prefect-flow-run/this",
     )
 
 
@@ -196,18 +207,18 @@ def test_endpoints_pair_each_replica_ip_with_its_own_sql_port_in_replica_order()
         ),
     )
     assert target.endpoints() == [
-        Endpoint("mssql-1", "10.0.0.11", 14330),
-        Endpoint("mssql-0", "10.0.0.10", 14331),
+        Endpoint("mssql-1", "10.0.0.11", 14330, "mssql-1.mssql-pods.demo.svc", TLS),
+        Endpoint("mssql-0", "10.0.0.10", 14331, "mssql-0.mssql-pods.demo.svc", TLS),
     ]
 
 
 def test_an_ipv6_endpoint_puts_the_host_in_brackets_as_freetds_needs() -> None:
-    assert Endpoint("mssql-0", "fd00::5", 1433).address == "[fd00::5]:1433"
-    assert Endpoint("mssql-0", "10.0.0.5", 1433).address == "10.0.0.5:1433"
+    assert Endpoint("mssql-0", "fd00::5", 1433, "n", TLS).address == "[fd00::5]:1433"
+    assert Endpoint("mssql-0", "10.0.0.5", 1433, "n", TLS).address == "10.0.0.5:1433"
 
 
 def test_an_endpoint_reads_as_pod_and_address() -> None:
-    assert str(Endpoint("mssql-0", "10.0.0.10", 1433)) == "mssql-0 (10.0.0.10:1433)"
+    assert str(Endpoint("mssql-0", "10.0.0.10", 1433, "n", TLS)) == "mssql-0 (10.0.0.10:1433)"
 
 
 def test_the_lock_name_is_derived_from_the_database_name() -> None:
@@ -224,22 +235,26 @@ RUN = "prefect-flow-run/11111111-2222-3333-4444-555555555555"
 
 def test_a_run_that_committed_but_died_before_resuming_only_needs_a_resume() -> None:
     keys = {c.KEY_USERNAME, c.KEY_PASSWORD, c.KEY_PASSWORD_PREV}
-    assert stage_of(keys, {c.ANNOTATION_ROTATED_BY: RUN}, interrupted_run=RUN) is Stage.RESUME_ONLY
+    assert stage_of(keys, {c.ANNOTATION_ROTATED_BY: RUN}, paused_by=RUN) is Stage.RESUME_ONLY
 
 
 def test_a_run_that_died_before_committing_leaves_an_idle_rotation_to_start_afresh() -> None:
     keys = {c.KEY_USERNAME, c.KEY_PASSWORD}
-    assert (
-        stage_of(keys, {c.ANNOTATION_ROTATED_BY: "prefect-flow-run/older"}, interrupted_run=RUN) is Stage.IDLE
-    )
+    assert stage_of(keys, {c.ANNOTATION_ROTATED_BY: "prefect-flow-run/older"}, paused_by=RUN) is Stage.IDLE
     assert stage_of(keys, {c.ANNOTATION_ROTATED_BY: RUN}) is Stage.IDLE
+
+
+def test_a_run_that_resumed_but_kept_its_lease_leaves_a_rotation_to_do_not_a_resume() -> None:
+    # Its name is on the secret and its Lease lapsed, but its pause is gone: it had finished.
+    keys = {c.KEY_USERNAME, c.KEY_PASSWORD, c.KEY_PASSWORD_PREV}
+    assert stage_of(keys, {c.ANNOTATION_ROTATED_BY: RUN}, paused_by=None) is Stage.IDLE
 
 
 def test_staged_and_committed_work_wins_over_resume_only() -> None:
     annotations = {c.ANNOTATION_ROTATED_BY: RUN}
-    assert stage_of({c.KEY_PASSWORD, c.KEY_PASSWORD_NEXT}, annotations, interrupted_run=RUN) is Stage.STAGED
+    assert stage_of({c.KEY_PASSWORD, c.KEY_PASSWORD_NEXT}, annotations, paused_by=RUN) is Stage.STAGED
     pending = {**annotations, c.ANNOTATION_RESTART_PENDING: "db-auth"}
-    assert stage_of({c.KEY_PASSWORD}, pending, interrupted_run=RUN) is Stage.COMMITTED
+    assert stage_of({c.KEY_PASSWORD}, pending, paused_by=RUN) is Stage.COMMITTED
 
 
 def test_our_pause_names_the_run_that_set_it() -> None:
@@ -315,3 +330,14 @@ def test_externally_managed_and_virtual_secrets_are_not_this_tools_to_rotate() -
         {"name": "x", "apiGroup": "virtual-secrets.dev", "secretStoreName": "vault"}
     )
     assert virtual is not None and "vault" in virtual
+
+
+def test_a_user_secret_is_in_use_by_the_databases_that_name_it_or_default_to_it() -> None:
+    databases: list[dict[str, Any]] = [
+        {"metadata": {"name": "a"}, "spec": {"authSecret": {"name": "shared"}}},
+        {"metadata": {"name": "b"}, "spec": {}},  # KubeDB's default: b-auth
+        {"metadata": {"name": "c"}, "spec": {"authSecret": {"name": "other"}}},
+    ]
+    assert secret_users(databases, "shared") == ["a"]
+    assert secret_users(databases, "b-auth") == ["b"]
+    assert secret_users(databases, "free") == []

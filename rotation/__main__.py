@@ -1,0 +1,95 @@
+"""``python -m rotation rbac ...``: print the RBAC one database's rotations need (deployments/README.md).
+
+Offline: it reads nothing from a cluster; pipe its output to ``kubectl apply -f -``. A bad argument is
+reported on stderr with exit status 2 and nothing on stdout, so a pipe applies nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rotation import rbac
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rotation", description="Tools for the MSSQLServer auth rotation."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    grant = commands.add_parser(
+        "rbac",
+        help="print the Role and RoleBinding that one database's rotations need (YAML)",
+        description=(
+            "Print, as YAML for kubectl apply, the Role and RoleBinding that let the rotation's "
+            "ServiceAccount rotate ONE MSSQLServer: every rule that can name its objects does "
+            "(resourceNames). Generate and apply it again after scaling the database or adding a "
+            "user secret."
+        ),
+    )
+    grant.add_argument("--namespace", required=True, help="the database's namespace")
+    grant.add_argument("--database", required=True, help="the MSSQLServer's name")
+    grant.add_argument(
+        "--replicas",
+        required=True,
+        type=int,
+        help=(
+            "the database's spec.replicas: the pods <db>-0 ... <db>-(N-1) the rotation may evict. No "
+            "default: a count too small is only found out when the rotation restarts a pod it names not"
+        ),
+    )
+    grant.add_argument(
+        "--user-secret",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=(
+            "a user-supplied auth Secret a rotation may be given (the flow's auth_secret), read and "
+            "written like <db>-auth; repeat for several"
+        ),
+    )
+    grant.add_argument(
+        "--tls-secret",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=(
+            "a Secret whose ca.crt the rotation trusts (read only); default <db>-server-cert, KubeDB's "
+            "server certificate; repeat for several (e.g. the flow's tls_ca_secret), replacing the default"
+        ),
+    )
+    grant.add_argument(
+        "--service-account",
+        default=rbac.IDENTITY,
+        help=f"the flow runs' ServiceAccount (default {rbac.IDENTITY})",
+    )
+    grant.add_argument(
+        "--service-account-namespace",
+        default=rbac.IDENTITY,
+        help=f"its namespace (default {rbac.IDENTITY})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        grant = rbac.grant(
+            args.namespace,
+            args.database,
+            args.replicas,
+            user_secrets=args.user_secret,
+            tls_secrets=args.tls_secret,
+            service_account=args.service_account,
+            service_account_namespace=args.service_account_namespace,
+        )
+    except rbac.InvalidName as exc:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+    sys.stdout.write(rbac.render(grant))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

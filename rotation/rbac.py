@@ -1,0 +1,458 @@
+"""The namespaced RBAC that the rotation of ONE database needs, built from its names (pure: no I/O).
+
+``python -m rotation rbac`` prints it (deployments/rbac-mssql-demo.yaml is its output for the example
+database). Every rule is what rotation/kube.py calls, for the step named in the rule's comment, and
+every rule that can name its objects does (``resourceNames``): the MSSQLServer and PetSet ``<db>``,
+the pods ``<db>-0`` ... ``<db>-(N-1)``, the Lease ``<db>-rotate-auth`` and the listed Secrets. What a
+Kubernetes authorizer cannot narrow by name stays namespace-wide, and its comment says why:
+
+- ``create`` (a Lease, an Event): the new object's name is in the body, and the authorizer sees none;
+- ``list``/``watch`` by label selector, or of a whole namespace: the request names no object. (A list
+  or watch with the field selector ``metadata.name=<name>`` does name it, and a 1.20 API server checks
+  it against ``resourceNames``: the MSSQLServer's watch is granted by name. The pods' are not: the
+  rotation also lists and watches them by KubeDB's labels.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from rotation import constants as c
+from rotation.params import DNS1123_LABEL, DNS1123_SUBDOMAIN
+from rotation.plan import lock_name
+
+IDENTITY: Final = "mssql-auth-rotation"  # the flow runs' ServiceAccount and its namespace (rbac.yaml)
+ROLE_PREFIX: Final = "mssql-auth-rotation-"
+RBAC_API_VERSION: Final = "rbac.authorization.k8s.io/v1"
+LABELS: Final = {"app.kubernetes.io/name": "mssql-auth-rotation"}
+ANNOTATION_DATABASE: Final = "mssql-auth-rotation.kubedb.com/database"
+ANNOTATION_REPLICAS: Final = "mssql-auth-rotation.kubedb.com/replicas"
+MAX_REPLICAS: Final = 100
+MAX_NAME: Final = 253
+COMMAND: Final = "python -m rotation rbac"
+WIDTH: Final = 110
+
+
+class InvalidName(ValueError):
+    """An argument that cannot name a Kubernetes object (the message names the value and the option)."""
+
+
+def auth_secret_name(database: str) -> str:
+    """The auth Secret KubeDB creates for an MSSQLServer."""
+    return f"{database}-auth"
+
+
+def server_cert_name(database: str) -> str:
+    """KubeDB's server certificate Secret of an MSSQLServer with spec.tls; its ca.crt is the CA."""
+    return f"{database}-server-cert"
+
+
+def pod_names(database: str, replicas: int) -> list[str]:
+    """The PetSet's pods, as KubeDB names them (what inspect-database expects: ``<db>-<ordinal>``)."""
+    return [f"{database}-{ordinal}" for ordinal in range(replicas)]
+
+
+def role_name(database: str) -> str:
+    return f"{ROLE_PREFIX}{database}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One PolicyRule, and the steps (tasks) that need it, for the YAML comment."""
+
+    group: str
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    names: tuple[str, ...] = ()  # resourceNames; empty: every object of that kind in the namespace
+    why: str = ""
+
+    def manifest(self) -> dict[str, Any]:
+        rule: dict[str, Any] = {"apiGroups": [self.group], "resources": list(self.resources)}
+        if self.names:
+            rule["resourceNames"] = list(self.names)
+        rule["verbs"] = list(self.verbs)
+        return rule
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one database's rotations are granted, and to whom. Build it with :func:`grant`."""
+
+    namespace: str
+    database: str
+    replicas: int
+    user_secrets: tuple[str, ...] = ()
+    tls_secrets: tuple[str, ...] = ()
+    service_account: str = IDENTITY
+    service_account_namespace: str = IDENTITY
+
+    @property
+    def rules(self) -> list[Rule]:
+        return rules_for(self)
+
+    @property
+    def role_name(self) -> str:
+        return role_name(self.database)
+
+    @property
+    def writable_secrets(self) -> tuple[str, ...]:
+        return (auth_secret_name(self.database), *self.user_secrets)
+
+    @property
+    def command(self) -> str:
+        """The command line that prints this grant (options at their defaults left out)."""
+        parts = [COMMAND, "--namespace", self.namespace, "--database", self.database]
+        parts += ["--replicas", str(self.replicas)]
+        for secret in self.user_secrets:
+            parts += ["--user-secret", secret]
+        if self.tls_secrets != (server_cert_name(self.database),):
+            for secret in self.tls_secrets:
+                parts += ["--tls-secret", secret]
+        if self.service_account != IDENTITY:
+            parts += ["--service-account", self.service_account]
+        if self.service_account_namespace != IDENTITY:
+            parts += ["--service-account-namespace", self.service_account_namespace]
+        return " ".join(parts)
+
+
+# -- validation --------------------------------------------------------------------------------------
+_LABEL = re.compile(DNS1123_LABEL)
+_SUBDOMAIN = re.compile(DNS1123_SUBDOMAIN)
+
+
+def _label(value: str, option: str) -> str:
+    if len(value) > 63 or not _LABEL.fullmatch(value):
+        raise InvalidName(
+            f"{option} {value!r} is not a valid name: a DNS-1123 label is 1 to 63 lowercase letters, "
+            "digits and '-', starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _subdomain(value: str, option: str) -> str:
+    if len(value) > MAX_NAME or not _SUBDOMAIN.fullmatch(value):
+        raise InvalidName(
+            f"{option} {value!r} is not a valid name: a DNS-1123 subdomain is 1 to 253 lowercase "
+            "letters, digits, '-' and '.', each dot-separated part starting and ending with a letter "
+            "or digit"
+        )
+    return value
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+def grant(
+    namespace: str,
+    database: str,
+    replicas: int,
+    *,
+    user_secrets: Sequence[str] = (),
+    tls_secrets: Sequence[str] | None = None,
+    service_account: str = IDENTITY,
+    service_account_namespace: str = IDENTITY,
+) -> Grant:
+    """Validate the names and build the grant; :class:`InvalidName` names the first bad argument.
+
+    ``tls_secrets`` None means KubeDB's ``<db>-server-cert``; passing names replaces it.
+    """
+    _label(namespace, "--namespace")
+    _subdomain(database, "--database")
+    if isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
+        raise InvalidName(f"--replicas {replicas!r} must be a whole number from 1 to {MAX_REPLICAS}")
+    users = _unique(_subdomain(s, "--user-secret") for s in user_secrets)
+    tls = _unique(
+        _subdomain(s, "--tls-secret")
+        for s in (tls_secrets if tls_secrets is not None else [server_cert_name(database)])
+    )
+    if not tls:
+        raise InvalidName("--tls-secret: give at least one name, or leave it out for <db>-server-cert")
+    _subdomain(service_account, "--service-account")
+    _label(service_account_namespace, "--service-account-namespace")
+    auth = auth_secret_name(database)
+    users = tuple(s for s in users if s != auth)  # always granted; listing it again changes nothing
+    for secret in tls:
+        if secret == auth or secret in users:
+            raise InvalidName(
+                f"--tls-secret {secret!r} is also an auth secret the rotation writes; a TLS secret is only "
+                "ever read: give it once, under the option that says what it is"
+            )
+    derived = [
+        ("the Role's name", role_name(database)),
+        ("the Lease's name", lock_name(database)),
+        ("the auth Secret's name", auth),
+        ("the last pod's name", pod_names(database, replicas)[-1]),
+    ]
+    for what, name in derived:
+        if len(name) > MAX_NAME:
+            raise InvalidName(
+                f"--database {database!r} is too long: {what} {name!r} would exceed 253 characters"
+            )
+    return Grant(namespace, database, replicas, users, tls, service_account, service_account_namespace)
+
+
+# -- the rules ---------------------------------------------------------------------------------------
+def rules_for(g: Grant) -> list[Rule]:
+    """Every rule a rotation of ``g.database`` needs, each with the steps that use it."""
+    db, pods = g.database, tuple(pod_names(g.database, g.replicas))
+    return [
+        Rule(
+            c.DB_GROUP,
+            (c.DB_PLURAL,),
+            ("get", "patch"),
+            (db,),
+            "The MSSQLServer. get (spec.authSecret, replicas, status, uid): inspect-database, "
+            "pause-database, resume-database, commit-secret and update-petsets, evict-pod (the pause "
+            "still stands), check-pod-running (the secret in use), record-failure (the Event's object). "
+            "patch: commit-secret and update-petsets merge-patch spec.authSecret (activeFrom; its name "
+            "when switching to a user secret). RBAC cannot narrow a patch to one field; nothing else is "
+            "patched.",
+        ),
+        Rule(
+            c.DB_GROUP,
+            (f"{c.DB_PLURAL}/status",),
+            ("patch",),
+            (db,),
+            "pause-database and resume-database: merge-patch the status subresource to add and remove "
+            "the Paused condition (what makes KubeDB's provisioner leave the database alone).",
+        ),
+        Rule(
+            c.DB_GROUP,
+            (c.DB_PLURAL,),
+            ("watch",),
+            (db,),
+            "pause-database: watch the MSSQLServer (field selector metadata.name=<db>) until the "
+            "provisioner acknowledges the pause. By name: a watch or list with that field selector "
+            "names its object, and the API server checks it against resourceNames.",
+        ),
+        Rule(
+            c.DB_GROUP,
+            (c.DB_PLURAL,),
+            ("list",),
+            (),
+            "inspect-database: list the namespace's MSSQLServers, to refuse a user secret that another "
+            "database already uses (pause-database also lists <db> by field selector before watching "
+            "it). Not by name: a namespace-wide list names no object (it shows the other databases' "
+            "specs, which hold no credentials).",
+        ),
+        Rule(
+            c.OPS_GROUP,
+            (c.OPS_PLURAL,),
+            ("list",),
+            (),
+            "inspect-database and evict-pod: refuse to start, or stop, while a KubeDB "
+            "MSSQLServerOpsRequest of the database is Pending or Progressing. Not by name: the list "
+            "names no object (ops requests are named by whoever creates them).",
+        ),
+        Rule(
+            c.PETSET_GROUP,
+            (c.PETSET_PLURAL,),
+            ("get", "update"),
+            (db,),
+            "update-petsets: read the PetSet and replace it so that its secretKeyRefs name the auth "
+            "secret in use.",
+        ),
+        Rule(
+            "",
+            ("pods",),
+            ("get", "delete"),
+            pods,
+            "evict-pod: read the pod (uid, deletionTimestamp) before each eviction attempt; delete it "
+            "(uid precondition) only when evictions keep being throttled (429 without a disruption "
+            "budget), never a pod whose eviction a PodDisruptionBudget refused. The database's replicas "
+            f"only: {g.replicas} of them (--replicas).",
+        ),
+        Rule(
+            "",
+            ("pods/eviction",),
+            ("create",),
+            pods,
+            "evict-pod: the eviction API, with the pod's uid as a precondition, which honours "
+            "PodDisruptionBudgets (a refusal names the budget, so no access to budgets is needed). By "
+            "name: the eviction is a subresource of the named pod.",
+        ),
+        Rule(
+            "",
+            ("pods",),
+            ("list", "watch"),
+            (),
+            "inspect-database, get-pod, commit-secret, check-rotation: list and watch the database's "
+            "pods by KubeDB's labels (app.kubernetes.io/instance=<db>) until they all run with one "
+            "primary; check-pod-running: one pod (field selector) until its replacement is Ready. Not "
+            "by name: a label-selector list names no object.",
+        ),
+        Rule(
+            "",
+            ("events",),
+            ("create",),
+            (),
+            "Events on the MSSQLServer, as KubeDB's ops-manager records them: pause-database, "
+            "resume-database, commit-secret, evict-pod, check-pod-running, record-failure. Not by name: "
+            "a create names no object to the authorizer (Events are created with generateName).",
+        ),
+        Rule(
+            "coordination.k8s.io",
+            ("leases",),
+            ("get", "update", "delete"),
+            (lock_name(db),),
+            "The rotation lock: inspect-database (get: refuse while a live run holds it), acquire-lock "
+            "(get; update to take over a lapsed lease), the lock keeper (update: renew it), "
+            "release-lock (get, delete).",
+        ),
+        Rule(
+            "coordination.k8s.io",
+            ("leases",),
+            ("create",),
+            (),
+            f"acquire-lock: create the Lease {lock_name(db)}. Not by name: a create names no object to "
+            "the authorizer, so this allows creating any Lease in the namespace (it cannot read, "
+            "change or delete another one).",
+        ),
+        Rule(
+            "",
+            ("secrets",),
+            ("get",),
+            _unique((*g.writable_secrets, *g.tls_secrets)),
+            "Read credentials: inspect-database (the auth secret in use; a user secret's username and "
+            "password policy), stage-new-password, set-password-on-replicas, verify-logins, "
+            "roll-back-password, commit-secret, update-petsets, check-pod-running, check-rotation. "
+            "inspect-database: read the CA (ca.crt) that the replicas' TLS certificates are checked "
+            "against, from " + ", ".join(g.tls_secrets) + " (--tls-secret; never written). Only the "
+            "named secrets: list, watch and create of secrets are not granted.",
+        ),
+        Rule(
+            "",
+            ("secrets",),
+            ("update",),
+            g.writable_secrets,
+            "Replace with the read resourceVersion: stage-new-password (.next keys), roll-back-password "
+            "(remove them), commit-secret (password <- new, .prev <- old, in the secret that will hold "
+            "the credentials: the auth secret or the user's), update-petsets (drop stale .next keys of "
+            "the previous secret), check-rotation (remove the restart-pending mark). The auth secret "
+            "and the user secrets (--user-secret) only.",
+        ),
+    ]
+
+
+# -- manifests ---------------------------------------------------------------------------------------
+def _metadata(g: Grant) -> dict[str, Any]:
+    return {
+        "name": g.role_name,
+        "namespace": g.namespace,
+        "labels": dict(LABELS),
+        "annotations": {ANNOTATION_DATABASE: g.database, ANNOTATION_REPLICAS: str(g.replicas)},
+    }
+
+
+def role(g: Grant) -> dict[str, Any]:
+    return {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "Role",
+        "metadata": _metadata(g),
+        "rules": [rule.manifest() for rule in g.rules],
+    }
+
+
+def role_binding(g: Grant) -> dict[str, Any]:
+    return {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "RoleBinding",
+        "metadata": _metadata(g),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": g.role_name},
+        "subjects": [
+            {"kind": "ServiceAccount", "name": g.service_account, "namespace": g.service_account_namespace}
+        ],
+    }
+
+
+def documents(g: Grant) -> list[dict[str, Any]]:
+    """The Role and its RoleBinding, as plain dicts (what ``render`` writes as YAML)."""
+    return [role(g), role_binding(g)]
+
+
+# -- YAML --------------------------------------------------------------------------------------------
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9.\-/]*")
+_YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
+
+
+def _scalar(value: str | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
+        return value
+    return json.dumps(value)  # a JSON string is a YAML double-quoted scalar
+
+
+def _block(value: dict[str, Any], indent: int) -> list[str]:
+    pad, lines = " " * indent, []
+    for key, item in value.items():
+        if isinstance(item, dict):
+            lines += [f"{pad}{key}:", *_block(item, indent + 2)]
+        elif isinstance(item, list) and item and isinstance(item[0], dict):
+            lines.append(f"{pad}{key}:")
+            for element in item:
+                nested = _block(element, indent + 4)
+                lines += [f"{pad}  - {nested[0].lstrip()}", *nested[1:]]
+        elif isinstance(item, list):
+            lines.append(f"{pad}{key}: [{', '.join(json.dumps(e) for e in item)}]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(item)}")
+    return lines
+
+
+def _comment(text: str, indent: int = 0) -> list[str]:
+    prefix = " " * indent + "# "
+    return textwrap.wrap(text, WIDTH, initial_indent=prefix, subsequent_indent=prefix, break_on_hyphens=False)
+
+
+def _header(g: Grant) -> list[str]:
+    ref = f"{g.namespace}/{g.database}"
+    account = f"{g.service_account_namespace}/{g.service_account}"
+    lines = [
+        f"# The rotation's RBAC for MSSQLServer {ref} ({g.replicas} replicas), generated by:",
+        f"#   {g.command}",
+        "# Do not edit: change the arguments and generate it again. Apply it with kubectl apply -f.",
+        "#",
+    ]
+    text = [
+        f"It grants ServiceAccount {account} (deployments/rbac.yaml) what a rotation of this one database "
+        f"calls (rotation/kube.py), in namespace {g.namespace} only, with a Role and a RoleBinding. Every "
+        "rule that can name its objects does (resourceNames); the comment on each rule names the steps "
+        '(tasks) that need it. A call it does not allow fails the run with 403 and "needs the '
+        'permissions in deployments/rbac.yaml".',
+        f"The pods are named from the replica count ({', '.join(pod_names(g.database, g.replicas))}). "
+        "Scaling the database (spec.replicas) means generating and applying this again before the next "
+        "rotation: otherwise that rotation is refused (403) when it restarts the first pod not named "
+        "here, after the new password is committed (apply the new grant and run it again to finish).",
+        "A user secret a rotation is given must be listed (--user-secret): an unlisted one is refused "
+        "(403) in inspect-database before anything changes. After such a rotation the database uses it "
+        "as its auth secret, so keep it listed.",
+    ]
+    for i, paragraph in enumerate(text):
+        lines += (["#"] if i else []) + _comment(paragraph)
+    return lines
+
+
+def render(g: Grant) -> str:
+    """The grant as a multi-document YAML stream, with a comment on every rule."""
+    bound = role(g)
+    lines = _header(g)
+    lines += _block({k: v for k, v in bound.items() if k != "rules"}, 0)
+    lines.append("rules:")
+    for rule in g.rules:
+        lines += _comment(rule.why, 2)
+        nested = _block(rule.manifest(), 4)
+        lines += [f"  - {nested[0].lstrip()}", *nested[1:]]
+    lines.append("---")
+    lines += _comment(
+        f"Binds the Role to the flow runs' ServiceAccount, in namespace {g.namespace} only (a "
+        "RoleBinding, never a ClusterRoleBinding)."
+    )
+    lines += _block(role_binding(g), 0)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,252 @@
+"""rotation/rbac.py, the per-database grant: exactly the API calls of rotation/kube.py, every rule that
+can name its objects named, and YAML that says the same as the dicts."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rotation import constants as c
+from rotation import rbac
+from rotation.plan import lock_name
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBE = ROOT / "rotation" / "kube.py"
+NS, DB = "demo", "mssql-demo"
+Triple = tuple[str, str, str]  # (API group, resource, verb)
+
+# What a client method name says about the request: verb by prefix, resource by what follows.
+VERBS = {"read": "get", "get": "get", "list": "list", "create": "create", "replace": "update"}
+VERBS |= {"patch": "patch", "delete": "delete"}
+CORE_RESOURCES = {
+    "secret": "secrets",
+    "pod": "pods",
+    "pod_eviction": "pods/eviction",
+    "event": "events",
+    "lease": "leases",
+}
+APIS = {"core": "", "coordination": "coordination.k8s.io"}  # self.<api>; custom: the group constant
+
+
+def _api_method(node: ast.expr) -> tuple[str, str] | None:
+    """``self.core.read_namespaced_secret`` -> ("core", "read_namespaced_secret")."""
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+        and node.value.attr in (*APIS, "custom")
+    ):
+        return node.value.attr, node.attr
+    return None
+
+
+def _constants(call: ast.Call) -> dict[str, str]:
+    """The ``c.*_GROUP`` and ``c.*_PLURAL`` constants among a call's arguments, by suffix."""
+    found: dict[str, str] = {}
+    for node in ast.walk(ast.Tuple(elts=list(call.args), ctx=ast.Load())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "c":
+            for suffix in ("GROUP", "PLURAL"):
+                if node.attr.endswith(f"_{suffix}"):
+                    found[suffix] = str(getattr(c, node.attr))
+    return found
+
+
+def kube_calls() -> set[Triple]:
+    """Every (group, resource, verb) that rotation/kube.py sends, read from its source."""
+    calls: set[Triple] = set()
+    for call in (n for n in ast.walk(ast.parse(KUBE.read_text())) if isinstance(n, ast.Call)):
+        methods = [m for m in map(_api_method, [call.func, *call.args]) if m is not None]
+        watches = isinstance(call.func, ast.Attribute) and call.func.attr == "_watch_until"
+        for api, method in methods:
+            prefix, _, rest = method.partition("_namespaced_")
+            assert prefix in VERBS and rest, f"rotation/kube.py calls {method}: teach this test its verb"
+            verb = VERBS[prefix]
+            if api == "custom":
+                constants = _constants(call)
+                group, resource = constants["GROUP"], constants["PLURAL"]
+                resource += "/status" if rest == "custom_object_status" else ""
+            else:
+                assert rest in CORE_RESOURCES, f"rotation/kube.py calls {method}: which resource is it?"
+                group, resource = APIS[api], CORE_RESOURCES[rest]
+            calls.add((group, resource, verb))
+            if watches:  # _watch_until lists, then watches with the same function
+                calls.add((group, resource, "watch"))
+    return calls
+
+
+def granted(g: rbac.Grant) -> dict[Triple, set[str] | None]:
+    """(group, resource, verb) -> the names it is granted for; None: any object of the namespace."""
+    out: dict[Triple, set[str] | None] = {}
+    for rule in g.rules:
+        for resource in rule.resources:
+            for verb in rule.verbs:
+                key = (rule.group, resource, verb)
+                assert key not in out, f"{key} granted twice"
+                out[key] = set(rule.names) or None
+    return out
+
+
+@pytest.fixture
+def example() -> rbac.Grant:
+    return rbac.grant(NS, DB, 3, user_secrets=["mssql-demo-new-auth"])
+
+
+# -- what is granted ---------------------------------------------------------------------------------
+def test_the_grant_is_exactly_the_api_calls_of_kube_py(example: rbac.Grant) -> None:
+    calls = kube_calls()
+
+    assert len(calls) >= 15, calls  # the parser found the adapter's verbs
+    assert set(granted(example)) == calls
+
+
+def test_only_what_cannot_be_named_is_granted_namespace_wide(example: rbac.Grant) -> None:
+    unscoped = {key for key, names in granted(example).items() if names is None}
+
+    assert unscoped == {
+        (c.DB_GROUP, c.DB_PLURAL, "list"),  # every MSSQLServer of the namespace (a user secret's users)
+        (c.OPS_GROUP, c.OPS_PLURAL, "list"),
+        ("", "pods", "list"),  # by label selector
+        ("", "pods", "watch"),
+        ("", "events", "create"),  # generateName
+        ("coordination.k8s.io", "leases", "create"),
+    }
+    for rule in example.rules:
+        if not rule.names:
+            assert "Not by name" in rule.why, rule  # the comment says why
+
+
+def test_named_objects_are_derived_from_the_database(example: rbac.Grant) -> None:
+    names = granted(example)
+    pods = {f"{DB}-0", f"{DB}-1", f"{DB}-2"}
+
+    for verb in ("get", "patch", "watch"):
+        assert names[(c.DB_GROUP, c.DB_PLURAL, verb)] == {DB}
+    assert names[(c.DB_GROUP, f"{c.DB_PLURAL}/status", "patch")] == {DB}
+    assert names[(c.PETSET_GROUP, c.PETSET_PLURAL, "get")] == {DB}
+    assert names[(c.PETSET_GROUP, c.PETSET_PLURAL, "update")] == {DB}
+    assert names[("", "pods", "get")] == names[("", "pods", "delete")] == pods
+    assert names[("", "pods/eviction", "create")] == pods
+    for verb in ("get", "update", "delete"):
+        assert names[("coordination.k8s.io", "leases", verb)] == {lock_name(DB)}
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 5])
+def test_the_pods_are_the_replicas_and_no_more(replicas: int) -> None:
+    names = granted(rbac.grant(NS, DB, replicas))
+
+    assert names[("", "pods", "delete")] == {f"{DB}-{n}" for n in range(replicas)}
+    assert names[("", "pods/eviction", "create")] == {f"{DB}-{n}" for n in range(replicas)}
+
+
+def test_secrets_auth_and_user_secrets_are_read_and_written_tls_secrets_only_read(
+    example: rbac.Grant,
+) -> None:
+    names = granted(example)
+
+    assert names[("", "secrets", "get")] == {f"{DB}-auth", f"{DB}-new-auth", f"{DB}-server-cert"}
+    assert names[("", "secrets", "update")] == {f"{DB}-auth", f"{DB}-new-auth"}
+    assert {verb for (_, resource, verb) in names if resource == "secrets"} == {"get", "update"}
+
+
+def test_tls_secrets_replace_the_default_and_names_are_listed_once() -> None:
+    g = rbac.grant(NS, DB, 1, user_secrets=["a", "b", "a", f"{DB}-auth"], tls_secrets=["ca-bundle", "ca2"])
+    names = granted(g)
+
+    assert g.user_secrets == ("a", "b")
+    assert names[("", "secrets", "update")] == {f"{DB}-auth", "a", "b"}
+    assert names[("", "secrets", "get")] == {f"{DB}-auth", "a", "b", "ca-bundle", "ca2"}
+    assert "--tls-secret ca-bundle --tls-secret ca2" in g.command
+
+
+def test_the_role_and_binding_are_in_the_database_namespace_for_the_service_account() -> None:
+    g = rbac.grant(NS, DB, 3, service_account="rotator", service_account_namespace="ops")
+    role, binding = rbac.documents(g)
+
+    assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
+    for doc in (role, binding):
+        assert doc["metadata"]["name"] == f"mssql-auth-rotation-{DB}"
+        assert doc["metadata"]["namespace"] == NS
+        assert doc["metadata"]["annotations"][rbac.ANNOTATION_REPLICAS] == "3"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": "ops"}]
+    assert g.command.endswith("--service-account rotator --service-account-namespace ops")
+
+
+def test_every_rule_names_the_steps_that_need_it(example: rbac.Grant) -> None:
+    tasks = set(
+        re.findall(r'@task\(name="([a-z-]+)"', "".join(p.read_text() for p in (ROOT / "tasks").glob("*.py")))
+    )
+
+    assert len(tasks) > 10
+    for rule in example.rules:
+        assert any(task in rule.why for task in tasks), rule
+
+
+# -- the YAML ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("namespace", "database", "secrets"),
+    [
+        (NS, DB, ["mssql-demo-new-auth"]),
+        ("yes", "true", ["null", "on"]),  # YAML 1.1 booleans and null, if left unquoted
+        ("123", "1e3", ["0x1f", "12.5"]),  # numbers, if left unquoted
+        ("a", "db.with.dots", ["s.1"]),
+    ],
+)
+def test_the_yaml_says_what_the_dicts_say(namespace: str, database: str, secrets: list[str]) -> None:
+    g = rbac.grant(namespace, database, 2, user_secrets=secrets)
+
+    assert list(yaml.safe_load_all(rbac.render(g))) == rbac.documents(g)
+
+
+def test_every_rule_in_the_yaml_has_its_comment(example: rbac.Grant) -> None:
+    lines = rbac.render(example).splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("  - apiGroups:")]
+
+    assert len(starts) == len(example.rules)
+    for i in starts:
+        assert lines[i - 1].startswith("  # "), lines[i - 1]
+    assert lines[1] == f"#   {example.command}"
+    assert "Scaling the database (spec.replicas) means generating and applying this again" in " ".join(
+        line.removeprefix("# ") for line in lines
+    )
+
+
+# -- refused arguments -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"namespace": "Demo"}, "--namespace 'Demo'"),
+        ({"namespace": "a" * 64}, "--namespace"),
+        ({"namespace": "de.mo"}, "--namespace 'de.mo'"),
+        ({"database": "mssql_demo"}, "--database 'mssql_demo'"),
+        ({"database": ""}, "--database ''"),
+        ({"database": "-x"}, "--database '-x'"),
+        ({"database": "mssql-demo\n"}, "--database 'mssql-demo\\n'"),  # no trailing newline slips by
+        ({"database": "d" * 234}, "the Role's name"),
+        ({"replicas": 0}, "--replicas 0"),
+        ({"replicas": 101}, "--replicas 101"),
+        ({"user_secrets": ["ok", "Not-OK"]}, "--user-secret 'Not-OK'"),
+        ({"tls_secrets": ["ca/bundle"]}, "--tls-secret 'ca/bundle'"),
+        ({"tls_secrets": [f"{DB}-auth"]}, f"--tls-secret '{DB}-auth'"),
+        ({"user_secrets": ["u"], "tls_secrets": ["u"]}, "--tls-secret 'u'"),
+        ({"tls_secrets": []}, "--tls-secret"),
+        ({"service_account": "Rotator"}, "--service-account 'Rotator'"),
+        ({"service_account_namespace": "a.b"}, "--service-account-namespace 'a.b'"),
+    ],
+)
+def test_a_bad_argument_is_refused_naming_it(arguments: dict[str, object], named: str) -> None:
+    values: dict[str, object] = {"namespace": NS, "database": DB, "replicas": 3} | arguments
+
+    with pytest.raises(rbac.InvalidName) as refused:
+        rbac.grant(**values)  # type: ignore[arg-type]
+
+    assert named in str(refused.value)

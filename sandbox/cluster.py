@@ -11,6 +11,7 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -107,6 +108,16 @@ def _fan_out(*handlers: Handler) -> Handler:
     return handle
 
 
+def _unless_gone(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """A delete, unless the object is gone already. Its reply is not parsed: a Service's delete
+    answers a Status that the client cannot read as the Service it expects."""
+    try:
+        call(*args, _preload_content=False, **kwargs).read()
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
 class Sandbox:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
@@ -120,6 +131,7 @@ class Sandbox:
         self._disruption: DisruptionController | None = None
         self._barriers: Barriers | None = None
         self._barrier_count = 0
+        self._database_namespaces: set[str] = set()  # every namespace a database was created in
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Sandbox:
@@ -306,6 +318,45 @@ class Sandbox:
             if exc.status != 409:
                 raise
 
+    def database_namespaces(self) -> set[str]:
+        """Every namespace a database was created in."""
+        return set(self._database_namespaces)
+
+    def remove_databases(self, namespace: str) -> None:
+        """Delete every database of ``namespace`` with what KubeDB created for it (PetSets, pods,
+        services, secrets, budget), and wait until their SQL Servers have stopped. Nothing collects
+        garbage here (no controller-manager): without this, a test's databases keep their servers,
+        threads and sockets until the sandbox stops, and their names stay taken."""
+        databases = self.custom.list_namespaced_custom_object(
+            shapes.GROUP, shapes.VERSION, namespace, shapes.PLURAL
+        )["items"]
+        for group, version, plural in (
+            (shapes.GROUP, shapes.VERSION, shapes.PLURAL),
+            (shapes.PETSET_GROUP, shapes.PETSET_VERSION, shapes.PETSET_PLURAL),  # before the pods
+        ):
+            for obj in self.custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]:
+                _unless_gone(
+                    self.custom.delete_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    obj["metadata"]["name"],
+                )
+        for pod in self.core.list_namespaced_pod(namespace).items:
+            delete = self.core.delete_namespaced_pod
+            _unless_gone(delete, pod.metadata.name, namespace, grace_period_seconds=0)
+        for db in databases:
+            name = db["metadata"]["name"]
+            owned = f"{podview.INSTANCE_LABEL}={name},app.kubernetes.io/managed-by=kubedb.com"
+            for secret in self.core.list_namespaced_secret(namespace, label_selector=owned).items:
+                _unless_gone(self.core.delete_namespaced_secret, secret.metadata.name, namespace)
+            for service in self.core.list_namespaced_service(namespace, label_selector=owned).items:
+                _unless_gone(self.core.delete_namespaced_service, service.metadata.name, namespace)
+            self.set_pdb(namespace, name, None)
+        self._wait(lambda: not self.fleet.running_in(namespace), f"the SQL Servers of {namespace} to stop")
+        self.fleet.retire(namespace)
+
     def service_account_kubeconfig(
         self, namespace: str, service_account: str, path: Path | None = None
     ) -> Path:
@@ -421,6 +472,7 @@ class Sandbox:
             )
         if pdb is not None:
             self.set_pdb(namespace, name, pdb)
+        self._database_namespaces.add(namespace)
         handle = Database(self, namespace, name, replicas)
         self._wait(
             lambda: handle.get().get("status", {}).get("phase") == "Ready", f"{namespace}/{name} Ready"

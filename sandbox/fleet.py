@@ -28,6 +28,7 @@ class SqlFleet:
         self._volumes: dict[PodKey, InstanceState] = {}
         self._servers: dict[PodKey, TdsServer] = {}
         self._addresses: dict[PodKey, tuple[str, int]] = {}  # the current (or last) container's
+        self._retired: list[tuple[PodKey, InstanceState]] = []  # volumes of removed databases
 
     def provision(self, key: PodKey, sa_password: str, *, hadr: bool) -> InstanceState:
         """Initialise an empty data directory, as SQL Server does with MSSQL_SA_PASSWORD."""
@@ -99,16 +100,30 @@ class SqlFleet:
         with self._lock:
             return key in self._servers
 
+    def running_in(self, namespace: str) -> list[PodKey]:
+        """The pods of ``namespace`` whose SQL Server runs."""
+        with self._lock:
+            return [key for key in self._servers if key.namespace == namespace]
+
+    def retire(self, namespace: str) -> None:
+        """Forget the volumes of ``namespace``'s stopped pods, as deleting a database with its PVCs
+        does (a database created again under the same name starts empty); their records stay in
+        ``instances()`` for the session-wide checks."""
+        with self._lock:
+            for key in [key for key in self._volumes if key.namespace == namespace]:
+                if key not in self._servers:
+                    self._retired.append((key, self._volumes.pop(key)))
+                    self._addresses.pop(key, None)
+
     def every_password(self) -> set[str]:
         """Every password any instance ever had."""
-        with self._lock:
-            volumes = list(self._volumes.values())
-        return set().union(*(volume.every_password() for volume in volumes))
+        return set().union(*(volume.every_password() for _, volume in self.instances()))
 
     def instances(self) -> list[tuple[PodKey, InstanceState]]:
-        """Every instance's volume, by namespace and pod name."""
+        """Every instance's volume, by namespace and pod name, those of removed databases too."""
         with self._lock:
-            return sorted(self._volumes.items(), key=lambda item: (item[0].namespace, item[0].name))
+            found = [*self._retired, *self._volumes.items()]
+        return sorted(found, key=lambda item: (item[0].namespace, item[0].name))
 
     def clear_text_wire(self) -> list[str]:
         """What reached any instance outside TLS, decoded (LOGIN7 user names and passwords, batch

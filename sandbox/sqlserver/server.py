@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
+import selectors
 import socket
 import threading
 from collections.abc import Callable
@@ -122,9 +122,17 @@ class TdsServer:
     def _accept_loop(self) -> None:
         listener, wake = self._listener, self._wake
         assert listener is not None and wake is not None
+        # Wait on a wake-up socket too: closing a socket does not reliably wake accept(). A selector
+        # (epoll), not select(): select() refuses descriptors above 1023, which a long test session
+        # with many servers reaches.
+        with selectors.DefaultSelector() as ready:
+            ready.register(listener, selectors.EVENT_READ)
+            ready.register(wake[0], selectors.EVENT_READ)
+            self._serve_accepts(listener, ready)
+
+    def _serve_accepts(self, listener: socket.socket, ready: selectors.BaseSelector) -> None:
         while True:
-            # select() on a wake-up socket too: closing a socket does not reliably wake accept().
-            select.select([listener, wake[0]], [], [])
+            ready.select()
             if self._stopping.is_set():
                 return
             try:

@@ -432,11 +432,14 @@ def test_a_watch_that_ends_at_once_is_not_retried_in_a_tight_loop(
     original = db.secret_data()["password"]
     pods_path = f"/namespaces/{db.namespace}/pods$"
     proxy.add_fault("GET", pods_path, times=1000, empty=True, query_regex="watch=true")
-    db.sandbox.settings.pod_start_delay = 2.0  # the wait for the restarted pod lasts a few seconds
+    usual, db.sandbox.settings.pod_start_delay = (
+        db.sandbox.settings.pod_start_delay,
+        2.0,
+    )  # a few seconds' wait
     try:
         report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
     finally:
-        db.sandbox.settings.pod_start_delay = 0.3
+        db.sandbox.settings.pod_start_delay = usual
 
     assert report.outcome == "Successful"
     # Backing off (0.1 s doubling to 2 s) makes a handful of requests in those seconds; a tight loop

@@ -467,7 +467,9 @@ def test_when_the_primary_goes_every_role_is_blank_for_a_while_then_the_lowest_r
     sandbox.wait_for(lambda: phase(db) == "NotReady", "the database to be NotReady without a primary")
     sandbox.wait_for(lambda: roles(core, db)["db-1"] == "primary", "db-1 elected")
     sandbox.wait_for(restarted_and_ready(core, db, "db-0", old_primary), "db-0 back")
-    assert roles(core, db) == {"db-0": "secondary", "db-1": "primary", "db-2": "secondary"}
+    # The coordinator labels each pod in turn: db-0 may be back before db-2 has its label again.
+    settled = {"db-0": "secondary", "db-1": "primary", "db-2": "secondary"}
+    sandbox.wait_for(lambda: roles(core, db) == settled, f"roles {settled}")
     assert {name: sql_role(db, name, password) for name in db.pods} == {
         "db-0": "SECONDARY",
         "db-1": "PRIMARY",

@@ -33,8 +33,10 @@ sandbox: setup
 	$(PY) -m sandbox up
 
 ## Sandbox + Prefect server with UI + deployments + worker, until Ctrl-C.
+## PREFECT_DB=postgres runs the server on a private PostgreSQL (started and stopped with the stack).
+PREFECT_DB ?= sqlite
 stack: setup
-	$(PY) -m sandbox stack
+	$(PY) -m sandbox stack --db $(PREFECT_DB)
 
 benchmark: setup
 	$(PY) benchmarks/rotation_overhead.py

@@ -22,7 +22,10 @@ from rotation.params import (
     ApplyPolicy,
     AuthSecretName,
     DatabaseName,
+    FinishOnly,
+    MaxAge,
     Namespace,
+    OpsRequestName,
     RotationRequest,
     Timeout,
     TlsCaSecretName,
@@ -30,11 +33,12 @@ from rotation.params import (
     TlsVerifyMode,
 )
 from rotation.plan import Stage, Target
-from rotation.report import ConditionLog, RotationReport, StepName
+from rotation.report import Condition, ConditionLog, RotationReport, StepName
 from tasks.check import check_rotation
 from tasks.commit import commit_secret, update_petsets
-from tasks.inspect import inspect_database
+from tasks.inspect import confirm_due, inspect_database
 from tasks.lock import LockKeeper, acquire_lock, lease_seconds, release_lock
+from tasks.ops_request import report_to_ops_request
 from tasks.pause import pause_database, resume_database
 from tasks.report import publish_report, record_failure
 from tasks.restart import check_pod_running, evict_pod, get_next_pod
@@ -43,12 +47,17 @@ from tasks.set_password import set_password_on_replicas
 from tasks.stage import stage_new_password
 from tasks.verify import verify_logins
 
+RUN_NAME = "rotate-auth {namespace}/{database}"
+
 
 @flow(
     name="rotate-mssql-auth",
     description="Rotate the sa credentials of a KubeDB MSSQLServer (like an MSSQLServerOpsRequest of type "
     "RotateAuth): no pod restarts before the new password logs in on every replica.",
     validate_parameters=True,
+    # The database in the run's name: the UI's lists show it, and events about the run (a crash)
+    # carry it, so automations can act on that database (prefect.yaml's recovery trigger).
+    flow_run_name=RUN_NAME,
 )
 def rotate_mssql_auth(
     namespace: Namespace,
@@ -58,6 +67,9 @@ def rotate_mssql_auth(
     apply: Apply = ApplyPolicy.IF_READY,
     tls_verify: TlsVerifyMode = TlsVerify.VERIFY_FULL,
     tls_ca_secret: TlsCaSecretName = None,
+    max_age: MaxAge = None,
+    finish_only: FinishOnly = False,
+    ops_request: OpsRequestName = None,
 ) -> RotationReport:
     """Rotate the sa credentials of one KubeDB MSSQLServer.
 
@@ -78,6 +90,11 @@ def rotate_mssql_auth(
             checks nothing (not recommended; the report says so).
         tls_ca_secret: Optional Secret (same namespace) whose ca.crt is the CA to trust. Empty: the CA
             of the database's own TLS certificate (Secret <db>-server-cert).
+        max_age: Rotate only when the credentials are at least this old (e.g. 30d); the database's own
+            spec.authSecret.rotateAfter wins. Empty: rotate now. An interrupted rotation is always finished.
+        finish_only: Do nothing unless an earlier rotation of this database was interrupted; then finish it.
+        ops_request: The MSSQLServerOpsRequest (same namespace) this run carries out; its status follows
+            the run. Set by the bridge (python -m rotation.bridge).
     """
     request = _validated(
         namespace=namespace,
@@ -87,24 +104,34 @@ def rotate_mssql_auth(
         apply=apply,
         tls_verify=tls_verify,
         tls_ca_secret=tls_ca_secret,
+        max_age=max_age,
+        finish_only=finish_only,
+        ops_request=ops_request,
     )
-    conditions = ConditionLog()
+    conditions = ConditionLog(on_change=_mirror(request))
     secret_in_use: str | None = None
     target: Target | None = None
     try:
         with conditions.step("RotateAuth", "Started the rotation of the database's credentials"):
             target = inspect_database(request, _holder_identity())
-        acquire_lock(target, lease_seconds())
-        try:
-            with LockKeeper(target, lease_seconds()) as keeper:
-                secret_in_use = _rotate(target, request.auth_secret, _checked(conditions, keeper))
-        finally:
-            release_lock(target)
+        skip = target.skip
+        if skip is None:
+            acquire_lock(target, lease_seconds())
+            try:
+                with LockKeeper(target, lease_seconds()) as keeper:
+                    # Under the lock, again: another run may have just done it.
+                    skip = confirm_due(request, target) if request.conditional else None
+                    if skip is None:
+                        secret_in_use = _rotate(target, request.auth_secret, _checked(conditions, keeper))
+            finally:
+                release_lock(target)
     except Exception as exc:
         conditions.add("Failed", str(exc))
         _report(request, target, conditions, "Failed", secret_in_use, failure=str(exc))
         raise
-    assert target is not None  # inspect_database returned
+    if skip is not None:
+        conditions.add("Skipped", f"Nothing to do: {skip}")
+        return _report(request, target, conditions, "Skipped", None)
     conditions.add("Successful", _success_message(target))
     return _report(request, target, conditions, "Successful", secret_in_use)
 
@@ -197,6 +224,15 @@ def _roll_back(target: Target, failure: Exception) -> None:
             f"{failure} — and the rollback failed too ({exc}). The new password stays staged in Secret "
             f"{target.namespace}/{target.auth_secret} (password.next); run the rotation again to finish it"
         ) from failure
+
+
+def _mirror(request: RotationRequest) -> Callable[[list[Condition]], None] | None:
+    """Writes each step's condition into the ops request this run carries out, if any; the bridge
+    writes its final phase once it knows whether another attempt follows."""
+    name = request.ops_request
+    if name is None:
+        return None
+    return lambda conditions: _best_effort(report_to_ops_request, request.namespace, name, conditions)
 
 
 def _report(

@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     grant.add_argument(
+        "--ops-requests",
+        action="store_true",
+        help=(
+            "also let runs write the status of the namespace's MSSQLServerOpsRequests: needed when the "
+            "bridge (python -m rotation.bridge) starts the rotations"
+        ),
+    )
+    grant.add_argument(
         "--service-account",
         default=rbac.IDENTITY,
         help=f"the flow runs' ServiceAccount (default {rbac.IDENTITY})",
@@ -69,12 +77,25 @@ def _parser() -> argparse.ArgumentParser:
         default=rbac.IDENTITY,
         help=f"its namespace (default {rbac.IDENTITY})",
     )
+    fleet = commands.add_parser(
+        "rbac-fleet",
+        help="print the ClusterRole that lets the fleet list MSSQLServers in every namespace (YAML)",
+        description=(
+            "Print, as YAML for kubectl apply, a ClusterRole that may list MSSQLServers in every "
+            "namespace, and its ClusterRoleBinding: what rotate-mssql-fleet with no namespaces needs."
+        ),
+    )
+    fleet.add_argument("--service-account", default=rbac.IDENTITY, help="the flow runs' ServiceAccount")
+    fleet.add_argument("--service-account-namespace", default=rbac.IDENTITY, help="its namespace")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "rbac-fleet":
+        sys.stdout.write(rbac.render_fleet(args.service_account, args.service_account_namespace))
+        return 0
     try:
         grant = rbac.grant(
             args.namespace,
@@ -84,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_secrets=args.tls_secret,
             service_account=args.service_account,
             service_account_namespace=args.service_account_namespace,
+            ops_requests=args.ops_requests,
         )
     except rbac.InvalidName as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")

@@ -1,5 +1,6 @@
-"""Durations written the way KubeDB's ``spec.timeout`` is (Go's time.ParseDuration): ``90s``, ``5m``,
-``1h30m``, ``1.5h``. Pure logic."""
+"""Durations written the way KubeDB's ``spec.timeout`` and ``spec.authSecret.rotateAfter`` are (Go's
+time.ParseDuration / metav1.Duration): ``90s``, ``5m``, ``1h30m``, ``1.5h``, ``720h``. Ages may also
+use days (``30d``), which Go's syntax lacks and people write. Pure logic."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import re
 from typing import Final
 
 PATTERN: Final = r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+$"
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+AGE_PATTERN: Final = r"^(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d))+$"
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, *, what: str = "timeout", days: bool = False) -> float:
     """Seconds in ``text``; ValueError with a usable message when it is not a positive duration."""
-    if not re.fullmatch(PATTERN, text or ""):
-        raise ValueError(f"timeout {text!r} is not a duration such as '90s', '5m' or '1h30m'")
+    if not re.fullmatch(AGE_PATTERN if days else PATTERN, text or ""):
+        examples = "'30d', '720h' or '1h30m'" if days else "'90s', '5m' or '1h30m'"
+        raise ValueError(f"{what} {text!r} is not a duration such as {examples}")
     seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(text))
     if seconds <= 0:
-        raise ValueError(f"timeout {text!r} must be longer than zero")
+        raise ValueError(f"{what} {text!r} must be longer than zero")
     return seconds

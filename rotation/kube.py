@@ -156,6 +156,20 @@ def encode_text(value: str) -> str:
     return base64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
+def list_databases_in_every_namespace(label_selector: str = "") -> list[Json]:
+    """Every MSSQLServer the identity may list cluster-wide (a ClusterRole's list on mssqlservers)."""
+    custom = client.CustomObjectsApi(api_client())
+    listing = call(
+        "list MSSQLServers in every namespace",
+        custom.list_cluster_custom_object,
+        c.DB_GROUP,
+        c.DB_VERSION,
+        c.DB_PLURAL,
+        label_selector=label_selector,
+    )
+    return list(listing.get("items") or [])
+
+
 class Eviction(Enum):
     """How the API server answered an eviction that it did not refuse."""
 
@@ -261,7 +275,7 @@ class Kube:
         )
         return found[name]
 
-    def list_databases(self) -> list[Json]:
+    def list_databases(self, label_selector: str = "") -> list[Json]:
         listing = call(
             f"list the MSSQLServers of namespace {self.namespace}",
             self.custom.list_namespaced_custom_object,
@@ -269,6 +283,7 @@ class Kube:
             c.DB_VERSION,
             self.namespace,
             c.DB_PLURAL,
+            label_selector=label_selector,
         )
         return list(listing.get("items") or [])
 
@@ -283,6 +298,61 @@ class Kube:
             c.OPS_PLURAL,
         )
         return list(listing.get("items") or [])
+
+    def patch_ops_request_status(self, name: str, status: Json) -> Json:
+        """Merge-patch an MSSQLServerOpsRequest's status (phase, observedGeneration, conditions)."""
+        return call(  # type: ignore[no-any-return]
+            f"update the status of {self._where('MSSQLServerOpsRequest', name)}",
+            self.custom.patch_namespaced_custom_object_status,
+            c.OPS_GROUP,
+            c.OPS_VERSION,
+            self.namespace,
+            c.OPS_PLURAL,
+            name,
+            {"status": status},
+        )
+
+    def get_ops_request(self, name: str) -> Json | None:
+        return call(  # type: ignore[no-any-return]
+            f"read {self._where('MSSQLServerOpsRequest', name)}",
+            self.custom.get_namespaced_custom_object,
+            c.OPS_GROUP,
+            c.OPS_VERSION,
+            self.namespace,
+            c.OPS_PLURAL,
+            name,
+            answers={404: None},
+        )
+
+    def record_event_on(self, involved: Json, reason: str, message: str, *, warning: bool = False) -> None:
+        """A core/v1 Event on any object of this namespace (``involved``: apiVersion, kind, metadata)."""
+        now = now_rfc3339()
+        meta = involved["metadata"]
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta["name"],
+                "namespace": self.namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": c.EVENT_SOURCE},
+            "reportingComponent": c.EVENT_SOURCE,
+            "reportingInstance": os.environ.get("HOSTNAME", "local"),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        call(
+            f"record an Event on {self._where(str(involved.get('kind')), meta['name'])}",
+            self.core.create_namespaced_event,
+            self.namespace,
+            event,
+        )
 
     # -- PetSet ------------------------------------------------------------------------------
     def get_petset(self, name: str) -> Json:
@@ -489,33 +559,12 @@ class Kube:
     # -- Events ------------------------------------------------------------------------------
     def record_event(self, database: Json, reason: str, message: str, *, warning: bool = False) -> None:
         """A core/v1 Event on the MSSQLServer, as KubeDB's ops-manager records them."""
-        now = now_rfc3339()
-        meta = database["metadata"]
-        event = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": self.namespace},
-            "involvedObject": {
-                "apiVersion": f"{c.DB_GROUP}/{c.DB_VERSION}",
-                "kind": c.DB_KIND,
-                "name": meta["name"],
-                "namespace": self.namespace,
-                "uid": meta.get("uid"),
-            },
-            "reason": reason,
-            "message": message,
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": c.EVENT_SOURCE},
-            "reportingComponent": c.EVENT_SOURCE,
-            "reportingInstance": os.environ.get("HOSTNAME", "local"),
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+        involved = {
+            "apiVersion": f"{c.DB_GROUP}/{c.DB_VERSION}",
+            "kind": c.DB_KIND,
+            "metadata": database["metadata"],
         }
-        call(
-            f"record an Event on {self._where('MSSQLServer', meta['name'])}",
-            self.core.create_namespaced_event,
-            self.namespace,
-            event,
-        )
+        self.record_event_on(involved, reason, message, warning=warning)
 
     # -- Lease (the rotation lock) -----------------------------------------------------------
     def read_lease(self, name: str) -> client.V1Lease | None:

@@ -11,8 +11,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rotation.durations import AGE_PATTERN, parse_duration
 from rotation.durations import PATTERN as DURATION_PATTERN
-from rotation.durations import parse_duration
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -115,6 +115,42 @@ Apply = Annotated[
 ]
 
 
+MaxAge = Annotated[
+    str | None,
+    Field(
+        title="Only if older than (optional)",
+        description=(
+            "Rotate only when the credentials are at least this old (kubedb.com/auth-active-from), as "
+            "a duration such as 30d or 720h; the database's own spec.authSecret.rotateAfter wins. "
+            "Empty: rotate now. An interrupted rotation is always finished."
+        ),
+        pattern=r"^$|" + AGE_PATTERN,
+        examples=["30d"],
+    ),
+]
+FinishOnly = Annotated[
+    bool,
+    Field(
+        title="Only finish an interrupted rotation",
+        description="Do nothing unless an earlier rotation of this database was interrupted; then finish it.",
+    ),
+]
+
+
+OpsRequestName = Annotated[
+    str | None,
+    Field(
+        title="KubeDB ops request (optional)",
+        description=(
+            "Name of the MSSQLServerOpsRequest (same namespace) this run carries out; its status follows "
+            "the run. Set by the bridge (python -m rotation.bridge); leave empty otherwise."
+        ),
+        max_length=253,
+        pattern=OPTIONAL_DNS1123_SUBDOMAIN,
+    ),
+]
+
+
 class RotationRequest(BaseModel):
     """A validated request; built from the flow's parameters."""
 
@@ -127,12 +163,31 @@ class RotationRequest(BaseModel):
     apply: Apply = ApplyPolicy.IF_READY
     tls_verify: TlsVerifyMode = TlsVerify.VERIFY_FULL
     tls_ca_secret: TlsCaSecretName = None
+    max_age: MaxAge = None
+    finish_only: FinishOnly = False
+    ops_request: OpsRequestName = None
 
     @property
     def timeout_seconds(self) -> float:
         return parse_duration(self.timeout)
 
-    @field_validator("auth_secret", "tls_ca_secret")
+    @property
+    def conditional(self) -> bool:
+        """Whether the run may find nothing to do (not due, nothing to finish)."""
+        return self.finish_only or self.max_age is not None
+
+    @property
+    def max_age_seconds(self) -> float | None:
+        return parse_duration(self.max_age, what="max_age", days=True) if self.max_age else None
+
+    @field_validator("max_age")
+    @classmethod
+    def _positive_age(cls, value: str | None) -> str | None:
+        if value:
+            parse_duration(value, what="max_age", days=True)
+        return value or None
+
+    @field_validator("auth_secret", "tls_ca_secret", "ops_request")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None

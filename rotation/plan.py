@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from rotation import constants as c
+from rotation.ops_request import queued_by_bridge
 from rotation.tls import TlsProfile, pod_dns_name
 
 
@@ -86,6 +87,8 @@ class Target(BaseModel):
     holder: str  # this run, as it names itself in the Lease, the pause and the secret
     interrupted_run: str | None = None  # a run of ours that died and left the database paused
     lapsed_lock_version: str | None = None  # resourceVersion of a dead run's Lease, judged lapsed
+    skip: str | None = None  # why there is nothing to do (not due; nothing to finish)
+    ops_request: str | None = None  # the MSSQLServerOpsRequest this run carries out, if any
 
     @property
     def ref(self) -> str:
@@ -216,13 +219,16 @@ def active_ops_requests(
 ) -> list[str]:
     """KubeDB ops requests of the database that run now or are about to, as ``name (Type, Phase)``.
 
-    ``own`` is the request this run carries out, if any (it is Progressing because of us).
+    ``own`` is the request this run carries out, if any (it is Progressing because of us). Requests
+    the bridge holds back behind a running one are not about to run (rotation/ops_request.py).
     """
     active = []
     for request in requests:
         name = request.get("metadata", {}).get("name", "")
         spec, status = request.get("spec") or {}, request.get("status") or {}
         if (spec.get("databaseRef") or {}).get("name") != database or name == own:
+            continue
+        if queued_by_bridge(request):
             continue
         phase = status.get("phase") or ""
         if phase in c.OPS_ACTIVE_PHASES:

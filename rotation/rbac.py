@@ -90,6 +90,7 @@ class Grant:
     tls_secrets: tuple[str, ...] = ()
     service_account: str = IDENTITY
     service_account_namespace: str = IDENTITY
+    ops_requests: bool = False  # runs that carry out MSSQLServerOpsRequests (the bridge) write their status
 
     @property
     def rules(self) -> list[Rule]:
@@ -117,6 +118,8 @@ class Grant:
             parts += ["--service-account", self.service_account]
         if self.service_account_namespace != IDENTITY:
             parts += ["--service-account-namespace", self.service_account_namespace]
+        if self.ops_requests:
+            parts.append("--ops-requests")
         return " ".join(parts)
 
 
@@ -157,6 +160,7 @@ def grant(
     tls_secrets: Sequence[str] | None = None,
     service_account: str = IDENTITY,
     service_account_namespace: str = IDENTITY,
+    ops_requests: bool = False,
 ) -> Grant:
     """Validate the names and build the grant; :class:`InvalidName` names the first bad argument.
 
@@ -194,7 +198,9 @@ def grant(
             raise InvalidName(
                 f"--database {database!r} is too long: {what} {name!r} would exceed 253 characters"
             )
-    return Grant(namespace, database, replicas, users, tls, service_account, service_account_namespace)
+    return Grant(
+        namespace, database, replicas, users, tls, service_account, service_account_namespace, ops_requests
+    )
 
 
 # -- the rules ---------------------------------------------------------------------------------------
@@ -250,6 +256,7 @@ def rules_for(g: Grant) -> list[Rule]:
             "MSSQLServerOpsRequest of the database is Pending or Progressing. Not by name: the list "
             "names no object (ops requests are named by whoever creates them).",
         ),
+        *(_ops_request_rules() if g.ops_requests else []),
         Rule(
             c.PETSET_GROUP,
             (c.PETSET_PLURAL,),
@@ -336,6 +343,30 @@ def rules_for(g: Grant) -> list[Rule]:
             "the credentials: the auth secret or the user's), update-petsets (drop stale .next keys of "
             "the previous secret), check-rotation (remove the restart-pending mark). The auth secret "
             "and the user secrets (--user-secret) only.",
+        ),
+    ]
+
+
+def _ops_request_rules() -> list[Rule]:
+    return [
+        Rule(
+            c.OPS_GROUP,
+            (c.OPS_PLURAL,),
+            ("get",),
+            (),
+            "Only with --ops-requests (runs that carry out an MSSQLServerOpsRequest, started by the "
+            "bridge): read the request the run carries out (its generation). Not by name: requests are "
+            "named by whoever applies them.",
+        ),
+        Rule(
+            c.OPS_GROUP,
+            (f"{c.OPS_PLURAL}/status",),
+            ("patch",),
+            (),
+            "Only with --ops-requests: write the run's progress into that request's status (phase, "
+            "KubeDB's RotateAuth conditions), as KubeDB's ops-manager does. Not by name, as above. It "
+            "also lets the identity mark another request of the namespace ended, which makes KubeDB "
+            "resume that request's database: grant it only where the bridge runs rotations.",
         ),
     ]
 
@@ -455,4 +486,47 @@ def render(g: Grant) -> str:
         "RoleBinding, never a ClusterRoleBinding)."
     )
     lines += _block(role_binding(g), 0)
+    return "\n".join(lines) + "\n"
+
+
+# -- the fleet's discovery -----------------------------------------------------------------------------
+FLEET_ROLE = "mssql-auth-rotation-fleet-discovery"
+
+
+def fleet_documents(
+    service_account: str = IDENTITY, service_account_namespace: str = IDENTITY
+) -> list[dict[str, Any]]:
+    """A ClusterRole that may list (and only list) MSSQLServers in every namespace, and its binding:
+    what ``rotate-mssql-fleet`` with no ``namespaces`` needs to discover the databases. Rotating each
+    one still needs that database's own Role (``grant``)."""
+    meta = {"name": FLEET_ROLE, "labels": dict(LABELS)}
+    return [
+        {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "ClusterRole",
+            "metadata": meta,
+            "rules": [{"apiGroups": [c.DB_GROUP], "resources": [c.DB_PLURAL], "verbs": ["list"]}],
+        },
+        {
+            "apiVersion": RBAC_API_VERSION,
+            "kind": "ClusterRoleBinding",
+            "metadata": meta,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FLEET_ROLE},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": service_account, "namespace": service_account_namespace}
+            ],
+        },
+    ]
+
+
+def render_fleet(service_account: str = IDENTITY, service_account_namespace: str = IDENTITY) -> str:
+    role_doc, binding = fleet_documents(service_account, service_account_namespace)
+    lines = _comment(
+        "The fleet's discovery (rotate-mssql-fleet with no namespaces): list MSSQLServers in every "
+        "namespace, nothing else (no get, no watch, no secrets). Rotating a database still needs its own "
+        "Role: python -m rotation rbac --namespace NS --database DB --replicas N."
+    )
+    lines += _block(role_doc, 0)
+    lines.append("---")
+    lines += _block(binding, 0)
     return "\n".join(lines) + "\n"

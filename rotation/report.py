@@ -62,12 +62,23 @@ class StepName:
 class ConditionLog:
     """Records KubeDB's conditions in order with their timings, like an ops request's status."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[list[Condition]], None] | None = None,
+    ) -> None:
+        """``on_change`` sees the whole list after each new condition (e.g. to mirror it elsewhere)."""
         self._clock = clock
+        self._on_change = on_change
         self.conditions: list[Condition] = []
 
+    def _append(self, condition: Condition) -> None:
+        self.conditions.append(condition)
+        if self._on_change is not None:
+            self._on_change(list(self.conditions))
+
     def add(self, type_: str, message: str, *, status: str = "True", seconds: float = 0.0) -> None:
-        self.conditions.append(
+        self._append(
             Condition(
                 type=type_, status=status, message=message, started_at=datetime.now(UTC), seconds=seconds
             )
@@ -80,7 +91,7 @@ class ConditionLog:
         name = StepName(type_, message)
 
         def record(status: str, text: str) -> None:
-            self.conditions.append(
+            self._append(
                 Condition(
                     type=name.type,
                     status=status,

@@ -1,5 +1,6 @@
 """``python -m sandbox up``: run the sandbox until Ctrl-C, with a demo database to look at.
-``python -m sandbox stack``: the same plus a Prefect server with its UI, the deployments and a worker."""
+``python -m sandbox stack``: the same plus a Prefect server with its UI, the deployments and a worker;
+``--db postgres`` runs that server on a private PostgreSQL instead of SQLite."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import threading
 
 from sandbox.cluster import Sandbox, Settings
+from sandbox.postgres import PrivatePostgres
 from sandbox.prefect_stack import LOCAL_POOL, PrefectStack
 
 
@@ -27,6 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     stack.add_argument("--database", default="mssql-demo")
     stack.add_argument("--replicas", type=int, default=3)
     stack.add_argument("--port", type=int, default=4200, help="the Prefect server's port")
+    stack.add_argument(
+        "--db",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the Prefect server's database: SQLite (default) or a private PostgreSQL started and "
+        "stopped with the stack (Debian's postgresql, installed by scripts/setup.sh)",
+    )
     args = parser.parse_args(argv)
     if args.command == "stack":
         return run_stack(args)
@@ -65,32 +74,56 @@ def run_stack(args: argparse.Namespace) -> int:
     print("[stack] starting the sandbox ...", flush=True)
     with Sandbox() as sandbox:
         db = sandbox.create_database(args.namespace, args.database, replicas=args.replicas)
+        postgres = PrivatePostgres() if args.db == "postgres" else None
         prefect = PrefectStack(port=args.port)
         try:
-            print("[stack] starting the Prefect server (SQLite) ...", flush=True)
+            if postgres is not None:
+                print("[stack] starting a private PostgreSQL for the Prefect server ...", flush=True)
+                postgres.start()
+                prefect.database_url = postgres.url
+                database = postgres.describe()
+            else:
+                database = f"SQLite at {prefect.sqlite_path}"
+            print(f"[stack] starting the Prefect server on {database} ...", flush=True)
             prefect.start_server()
             print("[stack] creating work pools and deploying prefect.yaml ...", flush=True)
             prefect.deploy_all()
             prefect.start_worker(sandbox.kubeconfig)
+            prefect.start_bridge(sandbox.kubeconfig)
             print(
                 f"""
 [stack] ready. Database {db.namespace}/{db.name} ({db.replicas} replicas) is Ready.
   Prefect UI:   {prefect.ui_url}
                 Deployments -> rotate-mssql-auth/manual -> Run -> Custom run: fill the form
+                Deployments -> rotate-mssql-fleet/scheduled (daily) and /recover (every 10 minutes,
+                and when a rotation crashes): Run -> Quick run, or a Custom run with dry_run
+  Prefect DB:   {database}
   From a shell: export PREFECT_API_URL={prefect.api_url}
                 .venv/bin/prefect deployment run rotate-mssql-auth/manual \\
                     --param namespace={db.namespace} --param database={db.name}
   kubectl:      export KUBECONFIG={sandbox.kubeconfig}
                 kubectl get mssqlservers,pods,secrets -n {db.namespace}
+  From kubectl: kubectl apply -f deployments/examples/rotate-auth.yaml
+                kubectl get mssqlserveropsrequests -n {db.namespace} -w
+                (python -m rotation.bridge starts a run per request; log: {prefect.home}/bridge.log)
   A worker on pool {LOCAL_POOL} runs the flows. Press Ctrl-C to stop everything.""",
                 flush=True,
             )
             with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()
             _ignore_further_interrupts()
-            print("\n[stack] stopping the worker, the Prefect server and the sandbox ...", flush=True)
+            print(
+                "\n[stack] stopping the bridge, the worker, the Prefect server"
+                + (", PostgreSQL" if postgres else "")
+                + " and the sandbox ...",
+                flush=True,
+            )
         finally:
-            prefect.stop()
+            try:
+                prefect.stop()
+            finally:
+                if postgres is not None:
+                    postgres.stop()  # after the server, which would otherwise log lost connections
     return 0
 
 

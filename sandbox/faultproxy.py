@@ -197,6 +197,14 @@ class FaultProxy:
         with self._lock:
             self._faults.clear()
 
+    def sever(self) -> int:
+        """Cut every open connection, watches included, as an API server restart does; the
+        listener stays. Returns how many sockets were cut."""
+        with self._lock:
+            for sock in self._sockets:
+                _shut(sock)
+            return len(self._sockets)
+
     def hits(self, method: str, path_regex: str) -> int:
         """How many requests matching (as in ``add_fault``) the proxy has seen, forwarded or faulted."""
         pattern, wanted = re.compile(path_regex), method.upper()

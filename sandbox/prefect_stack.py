@@ -1,6 +1,9 @@
-"""A local Prefect server (SQLite) with its UI, the project's work pools and deployments, and a
-process worker whose flow runs reach the sandbox. Used by ``python -m sandbox stack`` and the
-deployment tests; it drives Prefect only through its CLI and HTTP API, as a user would.
+"""A local Prefect server with its UI, the project's work pools and deployments, and a process worker
+whose flow runs reach the sandbox. Used by ``python -m sandbox stack`` and the deployment tests; it
+drives Prefect only through its CLI and HTTP API, as a user would.
+
+The server keeps its data in SQLite (a file in its ``home``) unless ``database_url`` names another
+database, such as the ``url`` of a ``sandbox.postgres.PrivatePostgres``.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,9 +44,14 @@ class StackError(RuntimeError):
 class PrefectStack:
     home: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mssql-rotation-prefect-")))
     port: int = 0
+    database_url: str | None = None
+    """For ``PREFECT_API_DATABASE_CONNECTION_URL`` (``postgresql+asyncpg://...``); None: SQLite."""
 
     def __post_init__(self) -> None:
         self._processes = ProcessGroup(self.home)
+        self._server: subprocess.Popen[bytes] | None = None
+        self._worker: subprocess.Popen[bytes] | None = None
+        self._worker_args: tuple[Path, str] = (Path(), LOCAL_POOL)
 
     @property
     def api_url(self) -> str:
@@ -51,6 +60,18 @@ class PrefectStack:
     @property
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def server_pid(self) -> int:
+        """The ``prefect server start`` process (for memory measurements); StackError before start."""
+        if self._server is None:
+            raise StackError("the Prefect server was not started")
+        return self._server.pid
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The server's SQLite file (Prefect's default, ``PREFECT_HOME/prefect.db``), when it uses one."""
+        return None if self.database_url else self.home / "prefect.db"
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment for Prefect commands against this server (not the ephemeral API)."""
@@ -71,11 +92,16 @@ class PrefectStack:
         self.port = self.port or free_port()
         env = self.env()
         env.pop("PREFECT_API_URL")  # the server itself has no API to talk to
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         argv = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
-        self._processes.spawn("server", argv, env=env, cwd=PROJECT_DIR)
+        self._server = self._processes.spawn("server", argv, env=env, cwd=PROJECT_DIR)
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         while time.monotonic() < deadline:
-            self._processes.check_alive()
+            if self._server.poll() is not None:
+                raise StackError(
+                    f"the Prefect server exited with {self._server.returncode}; see {self.home}/server.log"
+                )
             with (
                 contextlib.suppress(OSError, urllib.error.URLError),
                 urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as reply,  # noqa: S310
@@ -87,15 +113,42 @@ class PrefectStack:
             f"Prefect server not healthy after {HEALTH_TIMEOUT_S:.0f}s; see {self.home}/server.log"
         )
 
+    def stop_server(self) -> None:
+        """Stop only the server (an outage); ``start_server`` brings it back on the same port and data."""
+        if self._server is not None:
+            self._processes.stop_one(self._server)
+            self._server = None
+
+    def stop_process(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        """Stop one process this stack started (a bridge, say) with ``sig``."""
+        self._processes.stop_one(proc, sig)
+
     def start_worker(self, kubeconfig: Path, pool: str = LOCAL_POOL) -> None:
         """A process worker; its flow runs use the sandbox's kubeconfig."""
         env = self.env(KUBECONFIG=str(kubeconfig), PREFECT_WORKER_QUERY_SECONDS="1")
-        self._processes.spawn(
+        self._worker = self._processes.spawn(
             "worker", [PREFECT, "worker", "start", "--pool", pool, "--limit", "4"], env=env, cwd=PROJECT_DIR
         )
+        self._worker_args = (kubeconfig, pool)
+
+    def revive_worker(self) -> bool:
+        """Start the worker again if it has exited (a Prefect worker gives up when its server stays
+        away, as a Deployment's pod would be restarted); whether it had to."""
+        if self._worker is None or self._worker.poll() is None:
+            return False
+        self._processes.stop_one(self._worker)
+        self.start_worker(*self._worker_args)
+        return True
+
+    def start_bridge(self, kubeconfig: Path, *args: str, name: str = "bridge") -> subprocess.Popen[bytes]:
+        """``python -m rotation.bridge`` against this server (its log: ``<home>/<name>.log``)."""
+        env = self.env(KUBECONFIG=str(kubeconfig), PREFECT_UI_URL=self.ui_url)
+        argv = [sys.executable, "-m", "rotation.bridge", *args]
+        return self._processes.spawn(name, argv, env=env, cwd=PROJECT_DIR)
 
     def stop(self, *, keep_home: bool = False) -> None:
         self._processes.stop()
+        self._server = None
         if not keep_home:
             shutil.rmtree(self.home, ignore_errors=True)
 

@@ -21,7 +21,7 @@ class ProcessGroup:
     def spawn(
         self, name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
     ) -> subprocess.Popen[bytes]:
-        log = (self.log_dir / f"{name}.log").open("wb")
+        log = (self.log_dir / f"{name}.log").open("ab")  # a restarted process adds to its log
         # A session of its own: Ctrl-C in a terminal reaches only us, and stop() reaches its children.
         proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -33,6 +33,17 @@ class ProcessGroup:
         for name, proc in self._processes:
             if proc.poll() is not None:
                 raise ProcessExited(f"{name} exited with {proc.returncode}; see {self.log_dir}/{name}.log")
+
+    def stop_one(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        """Signal one process's group (SIGKILL after ``timeout``) and forget it."""
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self._processes = [(name, p) for name, p in self._processes if p is not proc]
 
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM every group, newest first; SIGKILL what is still there after ``timeout``."""

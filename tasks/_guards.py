@@ -35,7 +35,7 @@ def confirm_paused(kube: Kube, target: Target) -> dict[str, Any]:
 
 
 def confirm_no_ops_request(kube: Kube, target: Target) -> None:
-    active = active_ops_requests(kube.list_ops_requests(), target.database)
+    active = active_ops_requests(kube.list_ops_requests(), target.database, own=target.ops_request)
     if active:
         raise DatabaseBusy(
             f"{target.ref}: KubeDB MSSQLServerOpsRequest(s) started during the rotation: "

@@ -5,14 +5,18 @@ Every problem found here is an ``InvalidRequest`` that names the object and what
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
 from prefect import get_run_logger, task
 
+from rotation import constants as c
 from rotation.credentials import Credentials, pods_to_restart, read_credentials
 from rotation.errors import InvalidRequest
+from rotation.fleet import age_limit, human, is_due, parse_time
 from rotation.kube import Kube, secret_text
+from rotation.ops_request import FINAL_PHASES
 from rotation.params import ApplyPolicy, RotationRequest, TlsVerify
 from rotation.passwords import policy_violation
 from rotation.plan import (
@@ -67,9 +71,25 @@ def _check_auth_secret_spec(request: RotationRequest, db: dict[str, Any]) -> Non
         )
 
 
+def _check_own_request(kube: Kube, request: RotationRequest) -> None:
+    """A run that carries out an ops request does nothing once the request is gone or has ended (it
+    may have been deleted between the bridge's start of this run and now)."""
+    if request.ops_request is None:
+        return
+    where = f"MSSQLServerOpsRequest {request.namespace}/{request.ops_request}"
+    found = kube.get_ops_request(request.ops_request)
+    if found is None or found["metadata"].get("deletionTimestamp"):
+        raise InvalidRequest(
+            f"{where} {'does not exist' if found is None else 'is being deleted'}: nothing to do"
+        )
+    phase = (found.get("status") or {}).get("phase")
+    if phase in FINAL_PHASES:
+        raise InvalidRequest(f"{where} has already ended (phase {phase}): nothing to do")
+
+
 def _check_ops_requests(kube: Kube, request: RotationRequest) -> None:
     """KubeDB's ops-manager runs one ops request per database at a time; so do we, alongside it."""
-    active = active_ops_requests(kube.list_ops_requests(), request.database)
+    active = active_ops_requests(kube.list_ops_requests(), request.database, own=request.ops_request)
     if active:
         raise InvalidRequest(
             f"MSSQLServer {request.namespace}/{request.database} has KubeDB MSSQLServerOpsRequest(s) "
@@ -189,9 +209,34 @@ def _still_to_restart(stage: Stage, creds: Credentials, replicas: tuple[Replica,
     return tuple(r.pod for r in replicas if r.uid in running_before)
 
 
+def skip_reason(
+    request: RotationRequest, db: dict[str, Any], creds: Credentials, stage: Stage, interrupted: str | None
+) -> str | None:
+    """Why this run has nothing to do: a run that only finishes interrupted rotations finds none, or
+    the credentials are younger than ``max_age``. An interrupted rotation is never skipped."""
+    if stage is not Stage.IDLE or interrupted is not None:
+        return None
+    if request.finish_only:
+        return "no interrupted rotation to finish"
+    if request.max_age_seconds is None:
+        return None
+    since = parse_time(creds.annotations.get(c.ANNOTATION_ACTIVE_FROM)) or parse_time(
+        ((db.get("spec") or {}).get("authSecret") or {}).get("activeFrom")
+    )
+    now = dt.datetime.now(dt.UTC)
+    if is_due(db, since, request.max_age_seconds, now):
+        return None
+    assert since is not None  # an unknown age is due
+    limit, source = age_limit(db, request.max_age_seconds)
+    return (
+        f"not due: credentials {human((now - since).total_seconds())} old, due at {human(limit)} ({source})"
+    )
+
+
 @task(name="inspect-database", **RETRYING)
 def inspect_database(request: RotationRequest, holder: str) -> Target:
     kube = Kube(request.namespace)
+    _check_own_request(kube, request)
     db = kube.get_database(request.database)
     _check_auth_secret_spec(request, db)
     lapsed_lock = refuse_if_locked(kube, request.database, holder)
@@ -199,35 +244,49 @@ def inspect_database(request: RotationRequest, holder: str) -> Target:
     creds = read_credentials(kube, secret_name, purpose="the database's auth secret")
     paused_by = _left_pause(db, holder)
     stage = stage_of(creds.keys, creds.annotations, paused_by=paused_by)
+    interrupted = paused_by or (lapsed_lock.spec.holder_identity if lapsed_lock is not None else None)
+    spec = db.get("spec") or {}
+    found = {
+        "namespace": request.namespace,
+        "database": request.database,
+        "uid": db["metadata"]["uid"],
+        "auth_secret": secret_name,
+        "username": creds.username,
+        "topology": (spec.get("topology") or {}).get("mode", "Standalone"),
+        "stage": stage,
+        "timeout_seconds": request.timeout_seconds,
+        "holder": holder,
+        "interrupted_run": interrupted,
+        "lapsed_lock_version": lapsed_lock.metadata.resource_version if lapsed_lock is not None else None,
+        "ops_request": request.ops_request,
+    }
+    skip = skip_reason(request, db, creds, stage, interrupted)
+    if skip is not None:  # nothing to do: no replica is looked at, nobody is logged in to
+        return Target(**found, replicas=(), tls=TlsProfile(verify=request.tls_verify), restart=(), skip=skip)
     _check_database(request, db, stage)
     _check_ops_requests(kube, request)
     if request.auth_secret and stage is Stage.IDLE:
         _check_user_secret(kube, request, request.auth_secret, creds)
     tls = _tls_profile(kube, request, db)
-    spec = db.get("spec") or {}
     replicas = _replicas(kube, request, db)
-    target = Target(
-        namespace=request.namespace,
-        database=request.database,
-        uid=db["metadata"]["uid"],
-        auth_secret=secret_name,
-        username=creds.username,
-        topology=(spec.get("topology") or {}).get("mode", "Standalone"),
-        replicas=replicas,
-        stage=stage,
-        timeout_seconds=request.timeout_seconds,
-        tls=tls,
-        restart=_still_to_restart(stage, creds, replicas),
-        holder=holder,
-        interrupted_run=paused_by or (lapsed_lock.spec.holder_identity if lapsed_lock is not None else None),
-        lapsed_lock_version=lapsed_lock.metadata.resource_version if lapsed_lock is not None else None,
-    )
+    target = Target(**found, replicas=replicas, tls=tls, restart=_still_to_restart(stage, creds, replicas))
     _check_logins(target, creds)
-    if stage is not Stage.IDLE or target.interrupted_run is not None:
+    if stage is not Stage.IDLE or interrupted is not None:
         get_run_logger().warning(
             "%s: run %s was interrupted (rotation %s); this run finishes its work",
             target.ref,
-            target.interrupted_run or "unknown",
+            interrupted or "unknown",
             stage.value,
         )
     return target
+
+
+@task(name="confirm-due", **RETRYING)
+def confirm_due(request: RotationRequest, target: Target) -> str | None:
+    """Read again, under the lock, whether there is still something to do: a concurrent run (of
+    another fleet run, say) may have finished it between Inspect and the lock."""
+    kube = Kube(request.namespace)
+    db = kube.get_database(request.database)
+    creds = read_credentials(kube, target.auth_secret, purpose="the database's auth secret")
+    stage = stage_of(creds.keys, creds.annotations, paused_by=_left_pause(db, target.holder))
+    return skip_reason(request, db, creds, stage, target.interrupted_run)

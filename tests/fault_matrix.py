@@ -27,6 +27,9 @@ MODULES = (
     "tests.e2e.test_rotate_auth",
     "tests.e2e.test_kubedb_fidelity",
     "tests.e2e.test_security",
+    "tests.e2e.test_fleet",
+    "tests.e2e.test_deployments",
+    "tests.e2e.test_ops_requests",
 )
 
 F = TypeVar("F", bound=Callable[..., object])

@@ -18,17 +18,26 @@ os.environ["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED"] = "false"
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from sandbox.cluster import Database, Sandbox
 from sandbox.faultproxy import FaultProxy
+from sandbox.prefect_stack import PrefectStack
 
 DatabaseFactory = Callable[..., Database]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=90):
+    # The flows these tests run in-process go without Prefect's flow heartbeat: its thread sleeps in
+    # whole seconds and every flow ends by joining it, which would add up to a second to each of
+    # the suite's ~200 runs (docs/performance.md). Nothing tested depends on it; the runs of the
+    # real worker (tests of deployments, the fleet's trigger and the bridge) keep Prefect's default.
+    with (
+        prefect_test_harness(server_startup_timeout=90),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 
@@ -55,3 +64,26 @@ def proxy(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(sandbox: Sandbox) -> Iterator[PrefectStack]:
+    """A real Prefect server (its own process and SQLite file), every deployment of prefect.yaml, and
+    a process worker whose runs reach the sandbox: shared by the deployment and ops-request tests."""
+    prefect = PrefectStack()
+    try:
+        prefect.start_server()
+        prefect.deploy_all()
+        # The recovery schedule would sweep every namespace of the session's sandbox, where other
+        # tests' databases live; its crash trigger, which the self-healing test exercises, stays on.
+        pause_schedules(prefect, "recover")
+        prefect.start_worker(sandbox.kubeconfig)
+        yield prefect
+    finally:
+        prefect.stop()
+
+
+def pause_schedules(stack: PrefectStack, name: str) -> None:
+    [deployment] = [d for d in stack.api("POST", "/deployments/filter", {}) if d["name"] == name]
+    for schedule in deployment["schedules"]:
+        stack.api("PATCH", f"/deployments/{deployment['id']}/schedules/{schedule['id']}", {"active": False})

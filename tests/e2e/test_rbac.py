@@ -35,8 +35,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_kubernetes.worker import KubernetesWorker
 
 from flows.rotate_auth import rotate_mssql_auth
+from flows.rotate_fleet import FleetReport, rotate_mssql_fleet
 from rotation import constants as c
-from rotation.errors import PermanentError
+from rotation import rbac
+from rotation.errors import InvalidRequest, PermanentError
+from rotation.fleet import Decision
 from rotation.plan import lock_name
 from sandbox.cluster import Database, Sandbox
 from sandbox.prefect_stack import K8S_BASE_JOB_TEMPLATE, K8S_POOL, PrefectStack
@@ -82,15 +85,16 @@ def one(docs: list[Manifest], kind: str, name: str | None = None) -> Manifest:
 
 def create(api: client.ApiClient, doc: Manifest, *, dry_run: bool = False) -> None:
     """Create one manifest as-is; an existing Namespace or ServiceAccount is fine, anything else is not."""
-    core, rbac, apps = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.AppsV1Api(api)
+    core, roles, apps = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.AppsV1Api(api)
     ns = doc["metadata"].get("namespace")
     creators: dict[str, Callable[..., Any]] = {
         "Namespace": lambda **kw: core.create_namespace(doc, **kw),
         "ServiceAccount": lambda **kw: core.create_namespaced_service_account(ns, doc, **kw),
         "ConfigMap": lambda **kw: core.create_namespaced_config_map(ns, doc, **kw),
-        "ClusterRole": lambda **kw: rbac.create_cluster_role(doc, **kw),
-        "Role": lambda **kw: rbac.create_namespaced_role(ns, doc, **kw),
-        "RoleBinding": lambda **kw: rbac.create_namespaced_role_binding(ns, doc, **kw),
+        "ClusterRole": lambda **kw: roles.create_cluster_role(doc, **kw),
+        "ClusterRoleBinding": lambda **kw: roles.create_cluster_role_binding(doc, **kw),
+        "Role": lambda **kw: roles.create_namespaced_role(ns, doc, **kw),
+        "RoleBinding": lambda **kw: roles.create_namespaced_role_binding(ns, doc, **kw),
         "Deployment": lambda **kw: apps.create_namespaced_deployment(ns, doc, **kw),
     }
     assert doc["kind"] in creators, f"this test does not know how to create a {doc['kind']}"
@@ -186,12 +190,27 @@ def as_identity(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- the manifests themselves ----------------------------------------------------------------------
+# The bridge watches MSSQLServerOpsRequests in every namespace, so its grant is cluster-wide; it may
+# write only the requests and Events, and read nothing secret.
+CLUSTER_WIDE_WRITES = {
+    ("mssqlserveropsrequests", "patch"),
+    ("mssqlserveropsrequests/status", "patch"),
+    ("events", "create"),
+}
+
+
 def test_no_rule_grants_a_wildcard_and_secrets_are_granted_only_by_name() -> None:
     for path in sorted(DEPLOYMENTS.glob("*.yaml")):
         docs = load(path)
-        assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")], path.name
-        for role in (d for d in docs if d["kind"] == "Role"):
-            where = f"{path.name}: Role {role['metadata']['name']}"
+        cluster_wide = [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+        assert path.name == "bridge.yaml" or not cluster_wide, path.name
+        for role in (d for d in docs if d["kind"] == "ClusterRole"):
+            for rule in role["rules"]:
+                writes = {(r, v) for r in rule["resources"] for v in rule["verbs"]}
+                writes -= {(r, v) for r, v in writes if v in ("get", "list", "watch")}
+                assert writes <= CLUSTER_WIDE_WRITES, f"{path.name}: {role['metadata']['name']}: {rule}"
+        for role in (d for d in docs if d["kind"] in ("Role", "ClusterRole")):
+            where = f"{path.name}: {role['kind']} {role['metadata']['name']}"
             for rule in role["rules"]:
                 for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                     assert "*" not in rule.get(field, []), f"{where}: {field} {rule}"
@@ -299,6 +318,46 @@ def test_the_listed_user_secret_becomes_the_auth_secret(database: Database) -> N
 
 
 # -- everything else is refused --------------------------------------------------------------------
+@pytest.mark.usefixtures("as_identity")
+def test_a_fleet_over_every_namespace_without_the_fleet_grant_is_refused_saying_what_to_grant(
+    database: Database,
+) -> None:
+    with pytest.raises(InvalidRequest, match=r"python -m rotation rbac-fleet"):
+        rotate_mssql_fleet(dry_run=True)
+
+
+@pytest.mark.usefixtures("as_identity")
+def test_with_the_fleet_grant_the_fleet_plans_its_databases_and_skips_the_ones_it_may_not_touch(
+    sandbox: Sandbox, database: Database
+) -> None:
+    fleet_docs = list(yaml.safe_load_all(rbac.render_fleet()))
+    for doc in fleet_docs:
+        create(sandbox.api, doc)
+    rbac_api = client.RbacAuthorizationV1Api(sandbox.api)
+    try:
+        report = wait_until_granted(lambda: rotate_mssql_fleet(dry_run=True))
+    finally:
+        rbac_api.delete_cluster_role_binding(rbac.FLEET_ROLE)
+        rbac_api.delete_cluster_role(rbac.FLEET_ROLE)
+
+    decisions = {o.planned.ref: o.planned for o in report.outcomes}
+    assert decisions[f"{NAMESPACE}/{DATABASE}"].decision is not Decision.SKIPPED
+    other = decisions[f"{NAMESPACE}/{OTHER}"]  # listed, but its secret is not granted
+    assert other.decision is Decision.SKIPPED and "python -m rotation rbac --namespace" in other.reason
+
+
+def wait_until_granted(call: Callable[[], FleetReport]) -> FleetReport:
+    """The ClusterRoleBinding reaches the authorizer a moment after it is created."""
+    deadline = time.monotonic() + GRANT_WAIT_S
+    while True:
+        try:
+            return call()
+        except InvalidRequest:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def _secret_body(name: str) -> dict[str, Any]:
     return {"metadata": {"name": name}, "stringData": {"password": "x"}}
 
@@ -441,19 +500,6 @@ def test_the_identity_may_do_what_the_generated_grant_names(identity: Identity, 
 
 
 # -- the kubernetes work pool's base job template --------------------------------------------------
-@pytest.fixture(scope="module")
-def stack() -> Iterator[PrefectStack]:
-    """A real Prefect server with the project's work pools (the template applied as the stack and the
-    docs apply it: `prefect work-pool create --base-job-template`) and prefect.yaml's deployments."""
-    prefect = PrefectStack()
-    try:
-        prefect.start_server()
-        prefect.deploy_all()
-        yield prefect
-    finally:
-        prefect.stop()
-
-
 def in_cluster(stack: PrefectStack) -> dict[str, Any]:
     [deployment] = [d for d in stack.api("POST", "/deployments/filter", {}) if d["name"] == "in-cluster"]
     return deployment  # type: ignore[no-any-return]

@@ -177,3 +177,31 @@ def test_stop_ends_open_watches_refuses_new_connections_and_is_idempotent(
     assert len(outcome) == 1 and isinstance(outcome[0], urllib3.exceptions.ProtocolError), outcome
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_sever_cuts_open_watches_like_an_api_server_restart_and_keeps_serving(
+    core: client.CoreV1Api, proxy: FaultProxy, namespace: str, sandbox: Sandbox
+) -> None:
+    outcome: list[BaseException | None] = []
+
+    def watch_until_cut() -> None:
+        try:
+            for _ in watch.Watch().stream(
+                core.list_namespaced_config_map, namespace, timeout_seconds=30, _request_timeout=(5, 35)
+            ):
+                pass
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=watch_until_cut, daemon=True)
+    thread.start()
+    watch_path = f"/namespaces/{namespace}/configmaps$"
+    sandbox.wait_for(lambda: proxy.hits("GET", watch_path) == 1, "the watch to reach the proxy")
+
+    assert proxy.sever() >= 1
+    thread.join(timeout=10)
+
+    assert not thread.is_alive(), "the watch through the proxy was not cut"
+    assert len(outcome) == 1 and isinstance(outcome[0], urllib3.exceptions.ProtocolError), outcome
+    assert core.list_namespaced_config_map(namespace).items == []  # the proxy still serves

@@ -1,8 +1,10 @@
 """``python -m sandbox up`` as a user runs it: it says where its kubeconfig is, kubectl works with it,
-and Ctrl-C stops every process it started."""
+and Ctrl-C stops every process it started. The same for ``python -m sandbox stack`` on a private
+PostgreSQL (which needs Debian's postgresql package, installed by scripts/setup.sh)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -14,6 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]  # no type information; Prefect's PostgreSQL driver
 import pytest
 import yaml
 
@@ -84,30 +87,100 @@ def test_sandbox_up_serves_kubectl_and_stops_everything_on_ctrl_c() -> None:
     assert not kubeconfig.exists(), "the sandbox's temporary folder was not removed"
 
 
-def test_sandbox_stack_serves_the_prefect_ui_with_the_deployments_and_stops_everything_on_ctrl_c() -> None:
+def stop_gracefully(proc: subprocess.Popen[str]) -> None:
+    """Ctrl-C first, so that a failed test still stops every server the command started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def deployment_names(ui_port: int) -> set[str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{ui_port}/api/deployments/filter",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
+        return {deployment["name"] for deployment in json.loads(reply.read())}
+
+
+async def deployment_names_in_postgres(socket_dir: str, port: int) -> set[str]:
+    """Read through the cluster's unix socket, which needs no password (its owner and root only)."""
+    conn = await asyncpg.connect(host=socket_dir, port=port, user="prefect", database="prefect", timeout=10)
+    try:
+        return {row["name"] for row in await conn.fetch("SELECT name FROM deployment")}
+    finally:
+        await conn.close()
+
+
+def processes_with_env(variable: str, command: str) -> list[int]:
+    """Processes whose command line mentions ``command`` and whose environment has ``variable``."""
+    found = []
+    for pid in processes_mentioning(command):
+        try:
+            if variable.encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_sandbox_stack_serves_ui_deployments_and_bridge_from_postgres_and_stops_all_on_ctrl_c() -> None:
+    """``make stack PREFECT_DB=postgres``. The default, SQLite, differs only in the server's database
+    URL; the end-to-end tests' stack runs on it (one stack start per variant costs ~25 s)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         ui_port = int(sock.getsockname()[1])
-    proc = run_sandbox("stack", "--port", str(ui_port), "--replicas", "1")
+    proc = run_sandbox("stack", "--db", "postgres", "--port", str(ui_port), "--replicas", "1")
     try:
         output = read_until(proc, "Press Ctrl-C")
-        assert f"Prefect UI:   http://127.0.0.1:{ui_port}" in output
+        match = re.search(
+            r"Prefect DB: +PostgreSQL \S+ at postgresql\+asyncpg://prefect:\*\*\*@127\.0\.0\.1:(\d+)/prefect "
+            r"\(private cluster in (\S+), socket folder (\S+)\)",
+            output,
+        )
+        assert match, output
+        pg_port, cluster, socket_dir = int(match.group(1)), match.group(2), match.group(3)
+        assert processes_mentioning(f"{cluster}/data"), "no PostgreSQL server runs on the private cluster"
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/api/health", timeout=10) as health:
+            assert health.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/", timeout=10) as page:
             assert page.status == 200 and b"<html" in page.read().lower()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{ui_port}/api/deployments/filter",
-            data=b"{}",
-            method="POST",
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310
-            names = {deployment["name"] for deployment in json.loads(reply.read())}
-        assert names == {"scheduled", "manual", "in-cluster"}
+        prefect_yaml = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
+        declared = {deployment["name"] for deployment in prefect_yaml["deployments"]}
+        assert {"scheduled", "manual", "in-cluster"} <= declared
+        assert declared == {"scheduled", "recover", "manual", "in-cluster"}
+        assert deployment_names(ui_port) == declared
+        assert asyncio.run(deployment_names_in_postgres(socket_dir, pg_port)) == declared
+        assert "kubectl apply -f deployments/examples/rotate-auth.yaml" in output
+        bridge = processes_with_env(f"PREFECT_API_URL=http://127.0.0.1:{ui_port}/api", "rotation.bridge")
+        assert len(bridge) == 1, "the stack runs one bridge (python -m rotation.bridge)"
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=90) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_gracefully(proc)  # after a failed assertion too: let the stack stop what it started
+        assert proc.stdout is not None
+        proc.stdout.close()
     assert not accepts_connections(ui_port), "the Prefect server is still running after Ctrl-C"
+    assert not accepts_connections(pg_port), "PostgreSQL is still running after Ctrl-C"
+    assert not processes_mentioning(f"{cluster}/data"), "a PostgreSQL process outlived Ctrl-C"
+    assert not Path(cluster).exists(), "the private cluster's folder was not removed"
+    assert not Path(f"/proc/{bridge[0]}").exists(), "the bridge is still running after Ctrl-C"

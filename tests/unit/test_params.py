@@ -112,6 +112,9 @@ def test_every_schema_property_has_a_title_and_a_description() -> None:
         "apply",
         "tls_verify",
         "tls_ca_secret",
+        "max_age",
+        "finish_only",
+        "ops_request",
     }
     for name, prop in properties.items():
         assert prop.get("title"), name

@@ -97,11 +97,23 @@ def example() -> rbac.Grant:
 
 
 # -- what is granted ---------------------------------------------------------------------------------
+OPS_REQUEST_CALLS = {(c.OPS_GROUP, c.OPS_PLURAL, "get"), (c.OPS_GROUP, f"{c.OPS_PLURAL}/status", "patch")}
+
+
 def test_the_grant_is_exactly_the_api_calls_of_kube_py(example: rbac.Grant) -> None:
     calls = kube_calls()
 
     assert len(calls) >= 15, calls  # the parser found the adapter's verbs
-    assert set(granted(example)) == calls
+    assert set(granted(example)) == calls - OPS_REQUEST_CALLS
+    with_ops = rbac.grant(NS, DB, 3, user_secrets=["mssql-demo-new-auth"], ops_requests=True)
+    assert set(granted(with_ops)) == calls
+
+
+def test_the_ops_request_status_is_granted_only_when_asked() -> None:
+    with_ops = rbac.grant(NS, DB, 3, ops_requests=True)
+    assert set(granted(with_ops)) >= OPS_REQUEST_CALLS
+    assert not OPS_REQUEST_CALLS & set(granted(rbac.grant(NS, DB, 3)))
+    assert with_ops.command.endswith("--ops-requests")
 
 
 def test_only_what_cannot_be_named_is_granted_namespace_wide(example: rbac.Grant) -> None:

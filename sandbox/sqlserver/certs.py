@@ -5,6 +5,7 @@ Purpose: give each emulated instance the TLS identity a real pod would have (DNS
 or the sandbox chooses: its own (``sandbox.pki``'s files, through ``CertificateAuthority.from_files``)
 or one made here.
 
+Also the control plane's own CA and serving certificates (``sandbox.pki`` writes them to files).
 Boundaries: pure generation with ``cryptography``; everything stays PEM bytes in memory unless a
 caller asks to write files. No TLS contexts here (transport.py builds those).
 """
@@ -22,10 +23,30 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sandbox.pki import _pem_key
-
 VALIDITY = dt.timedelta(days=2)
 BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock differences
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey
+) -> x509.CertificateBuilder:
+    """A certificate for ``key``'s public half, valid from a few minutes ago for two days."""
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + VALIDITY)
+    )
 
 
 @dataclass(frozen=True)
@@ -78,15 +99,8 @@ def make_ca(common_name: str = "mssql-auth-rotation-sqlserver-ca") -> Certificat
     """A fresh self-signed CA (EC P-256), valid from a few minutes ago for two days."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
+        _builder(name, name, key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -159,15 +173,8 @@ def self_signed_certificate(common_name: str = SELF_SIGNED_COMMON_NAME) -> Serve
     encrypt with it but cannot verify it against any CA. (EC P-256 here; SQL Server's is RSA.)"""
     key = ec.generate_private_key(ec.SECP256R1())
     name = _subject(common_name, None, None)
-    now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
+        _builder(name, name, key)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -194,15 +201,8 @@ def _issue(
     if not isinstance(signer, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise TypeError(f"unsupported CA key type {type(signer).__name__}")
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + VALIDITY)
+        _builder(subject, ca.certificate.subject, key)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )

@@ -324,6 +324,14 @@ class Kube:
             answers={404: None},
         )
 
+    def record_event_on_ops_request(
+        self, request: Json, reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        """An Event on an MSSQLServerOpsRequest as read from the API (custom objects are read without
+        their apiVersion and kind being guaranteed, so they are set here)."""
+        kind = {"apiVersion": f"{c.OPS_GROUP}/{c.OPS_VERSION}", "kind": "MSSQLServerOpsRequest"}
+        self.record_event_on({**request, **kind}, reason, message, warning=warning)
+
     def record_event_on(self, involved: Json, reason: str, message: str, *, warning: bool = False) -> None:
         """A core/v1 Event on any object of this namespace (``involved``: apiVersion, kind, metadata)."""
         now = now_rfc3339()

@@ -10,7 +10,6 @@ import datetime as dt
 
 from prefect import task
 
-from rotation import constants as c
 from rotation.kube import Kube
 from rotation.ops_request import FINAL_PHASES, Phase, condition
 from rotation.report import Condition
@@ -41,11 +40,5 @@ def report_to_ops_request(namespace: str, name: str, conditions: list[Condition]
     )
     if conditions:
         last = conditions[-1]
-        involved = {
-            "apiVersion": f"{c.OPS_GROUP}/{c.OPS_VERSION}",
-            "kind": "MSSQLServerOpsRequest",
-            **request,
-        }
-        kube.record_event_on(
-            involved, last.type, last.message, warning=last.type == "Failed" or last.status != "True"
-        )
+        warning = last.type == "Failed" or last.status != "True"
+        kube.record_event_on_ops_request(request, last.type, last.message, warning=warning)

@@ -137,9 +137,8 @@ class OpsRequests:
         return found is not None
 
     def event(self, request: Json, reason: str, message: str, *, warning: bool = False) -> None:
-        involved = {"apiVersion": f"{c.OPS_GROUP}/{c.OPS_VERSION}", "kind": OPS_KIND, **request}
-        Kube(request["metadata"]["namespace"], self.api).record_event_on(
-            involved, reason, message, warning=warning
+        Kube(request["metadata"]["namespace"], self.api).record_event_on_ops_request(
+            request, reason, message, warning=warning
         )
 
     def ops_manager_evidence(self, selector: str) -> list[str]:

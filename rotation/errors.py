@@ -49,3 +49,8 @@ class PauseLost(PermanentError):
 
 class TlsRefused(PermanentError):
     """No verified TLS connection to a replica: nothing, and no password, was sent to it."""
+
+
+class UnsafeEnvironment(PermanentError):
+    """This process is set up to write what it sends to SQL Server somewhere (FreeTDS's debug log):
+    no connection that could carry a password is opened."""

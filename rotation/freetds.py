@@ -5,6 +5,11 @@ named by ``FREETDSCONF``, at every connect (measured, docs/freetds-tls.md). So t
 ``FREETDSCONF`` once at a private file and adds a section for each endpoint it meets; a connect then
 names its section as ``server``. The file is rewritten whole and swapped in with ``os.replace``, so a
 concurrent connect never reads half of it. Nothing secret is written here: CA certificates are public.
+
+FreeTDS's debug log (``TDSDUMP``, ``TDSDUMPCONFIG``, or a ``dump file`` setting) writes every batch it
+sends, ALTER LOGIN with the new and the old password included, to a file (measured,
+docs/freetds-tls.md). ``refuse_debug_dumps`` keeps any connection from opening while it is on; the
+file this module writes never turns it on (its ``[global]`` is empty and the sections name none).
 """
 
 from __future__ import annotations
@@ -16,9 +21,31 @@ from pathlib import Path
 from typing import Final
 
 from rotation import tls
+from rotation.errors import UnsafeEnvironment
 from rotation.tls import TlsProfile
 
 ENV: Final = "FREETDSCONF"
+DUMP_VARIABLES: Final = ("TDSDUMP", "TDSDUMPCONFIG")  # FreeTDS reads them at every connect
+SAFE_DEBUGGING: Final = (
+    "to see what a replica's TLS offers without sending anything secret, run "
+    "`openssl s_client -connect <pod IP>:1433 -alpn tds/8.0 -servername <pod>.<db>-pods.<ns>.svc "
+    "-CAfile ca.crt` (docs/freetds-tls.md, 'Debugging TLS without writing secrets')"
+)
+
+
+def refuse_debug_dumps() -> None:
+    """Raise ``UnsafeEnvironment`` while FreeTDS's debug log is on in this process."""
+    active = [name for name in DUMP_VARIABLES if name in os.environ]
+    if active:
+        names = " and ".join(active)
+        raise UnsafeEnvironment(
+            f"FreeTDS debug logging is on ({names} set in the environment of this process): it writes "
+            "every statement sent to SQL Server, the new and the old password included, to a file. No "
+            f"connection was opened and nothing changed; unset {names} and run again. Instead, "
+            + SAFE_DEBUGGING
+        )
+
+
 # [global] is empty on purpose: connections that do not name one of our sections are left as they were.
 HEADER: Final = "# Written by mssql-auth-rotation (rotation/freetds.py); one section per replica.\n[global]\n"
 

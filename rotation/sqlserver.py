@@ -1,8 +1,11 @@
 """The only module that talks to SQL Server (through pymssql, over TDS, always inside TLS).
 
-Every connection requires encryption and goes through its replica's freetds.conf section, which
-names the CA to trust and the certificate name to check (rotation/freetds.py): a certificate that
-fails the check ends the connection before LOGIN7, so no password is ever sent to it.
+Every connection goes through its replica's freetds.conf section, which says how to encrypt (TDS 8.0
+strict when certificates are verified), the CA to trust and the certificate name to check
+(rotation/tls.py, rotation/freetds.py): a certificate that fails the check ends the connection
+before any TDS byte, so no password is ever sent to it. pymssql's ``encryption=`` argument is never
+passed: any value there overrides the section, and none of its values means strict.
+No connection opens while FreeTDS's debug log is on (it would write the passwords to a file).
 
 It turns pymssql's errors into the project's own: a rejected login is an answer (``False``), not an
 error; connectivity problems are ``TransientError``; a failed TLS check is ``TlsRefused``; refusals
@@ -21,7 +24,7 @@ from typing import Any, Final
 import pymssql
 
 from rotation.errors import PermanentError, TlsRefused, TransientError
-from rotation.freetds import CONFIG
+from rotation.freetds import CONFIG, SAFE_DEBUGGING, refuse_debug_dumps
 from rotation.params import TlsVerify
 from rotation.passwords import Password
 from rotation.plan import Endpoint
@@ -93,6 +96,7 @@ def _transient(endpoint: Endpoint, action: str, text: str) -> TransientError:
 @contextlib.contextmanager
 def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[Any]:
     """A connection inside TLS, or ``PermissionError`` when the server rejects these credentials."""
+    refuse_debug_dumps()
     section = CONFIG.section_for(endpoint.host, endpoint.port, endpoint.server_name, endpoint.tls)
     try:
         conn = pymssql.connect(
@@ -105,7 +109,7 @@ def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[
             timeout=QUERY_TIMEOUT_S,
             autocommit=False,
             appname="mssql-auth-rotation",
-            encryption="require",  # anything less sends ALTER LOGIN in clear text (docs/freetds-tls.md)
+            # no encryption=: it would override the section's (strict) encryption (module docstring)
         )
     except pymssql.Error as exc:
         _, text = _error_text(exc)
@@ -123,14 +127,18 @@ def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[
 
 def _tls_refused(endpoint: Endpoint) -> TlsRefused:
     profile = endpoint.tls
-    prefix = f"{endpoint} did not complete a TLS connection, so nothing was sent to it (no password)"
-    if profile.verify is TlsVerify.TRUST_SERVER_CERTIFICATE:
+    if not profile.strict:
+        prefix = f"{endpoint} did not complete a TLS connection, so nothing was sent to it (no password)"
         return TlsRefused(f"{prefix}: it refused encryption or closed the connection")
     names = f" or does not name {endpoint.server_name}" if profile.verify is TlsVerify.VERIFY_FULL else ""
     return TlsRefused(
-        f"{prefix}: its certificate is not issued by the CA in {profile.ca_source}{names} (the TLS "
-        "library cannot tell which), or it closed the connection. Check the certificate the replica "
-        "serves; tls_verify=VerifyCA skips the name check (e.g. for a certificate with wildcard names only)"
+        f"{endpoint} did not complete a TDS 8.0 (strict) TLS connection, so nothing was sent to it (no "
+        f"password). Either its certificate is not issued by the CA in {profile.ca_source}{names} (the "
+        "TLS library cannot tell which), or the connection was closed during the handshake: the server is "
+        "older than SQL Server 2022 (no TDS 8.0), or something on the network path blocks TLS-first "
+        "connections (an attacker hoping for a fallback: there is none). Check the certificate the replica "
+        "serves and its version; tls_verify=VerifyCA skips the name check (e.g. for a certificate with "
+        "wildcard names only). " + SAFE_DEBUGGING[0].upper() + SAFE_DEBUGGING[1:]
     )
 
 

@@ -14,6 +14,8 @@ The rules, as SQL Server applies them:
 - forced encryption: the answer is REQ and everything is encrypted whatever the client asked, except
   that a client that said NOT_SUP (or sent no ENCRYPTION option) is refused.
 "Refused" means the server sends its PRELOGIN reply and then closes the connection.
+
+A TDS 8.0 ("strict") client negotiates nothing here: it starts TLS before its PRELOGIN (server.py).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class TlsMode(enum.Enum):
     NONE = "none"  # clear text throughout
     LOGIN_ONLY = "login-only"  # the TLS handshake, LOGIN7 inside TLS, then clear text again
     FULL = "full"  # everything after the PRELOGIN exchange
+    STRICT = "strict"  # TDS 8.0: TLS before any TDS byte, PRELOGIN included (no negotiation to rewrite)
     REFUSED = "refused"  # the server answers PRELOGIN, then closes the connection
 
 

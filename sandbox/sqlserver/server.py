@@ -6,9 +6,11 @@ engine and send back what it decided, injecting the faults the instance state as
 Boundaries: sockets, threads and message framing live here; what the bytes mean is in protocol.py,
 what the SQL does is in engine.py, and everything that must survive a restart is in the
 InstanceState. One thread accepts, one thread serves each connection; stop() ends them all.
-Encryption: the PRELOGIN answer is encryption.py's decision (from the instance's certificate and
-force-encryption switch); each connection reads and writes through a transport (transport.py)
-that is swapped for TLS after the handshake and back to clear text after a login-only LOGIN7.
+Encryption: a client whose first byte opens a TLS record speaks TDS 8.0 ("strict", SQL Server
+2022): TLS first, PRELOGIN and all else inside it. Otherwise the PRELOGIN answer is encryption.py's
+decision (from the instance's certificate and force-encryption switch); each connection reads and
+writes through a transport (transport.py) that is swapped for TLS after the handshake and back to
+clear text after a login-only LOGIN7.
 Whatever arrives outside TLS (LOGIN7's user name and password, batch SQL, RPC payloads) also goes
 to the instance's clear-text wire record, for leak checks.
 """
@@ -35,12 +37,15 @@ from sandbox.sqlserver.engine import (
 )
 from sandbox.sqlserver.state import InstanceState
 from sandbox.sqlserver.transport import (
+    TLS_HANDSHAKE_RECORD,
     PlainTransport,
     TlsTransport,
     Transport,
+    accept_strict_tls,
     accept_tls,
     recv_exact,
     server_context,
+    strict_server_context,
 )
 
 log = logging.getLogger(__name__)
@@ -211,18 +216,7 @@ class _Connection:
     # --- flow ---
 
     def _handshake_then_batches(self) -> None:
-        message = self._read_message()
-        mode = TlsMode.NONE
-        if message is not None and message[0] == tds.PacketType.PRELOGIN:
-            mode = self._prelogin(message[1])
-            if mode is TlsMode.REFUSED:
-                return
-            message = self._read_message()
-        elif self._state.force_encryption:
-            log.debug("spid %d sent no PRELOGIN to an instance that forces encryption", self.spid)
-            return
-        else:
-            self._number = self._state.new_connection_number()
+        mode, message = self._open()
         if message is None:
             return
         if message[0] != tds.PacketType.LOGIN7:
@@ -242,15 +236,65 @@ class _Connection:
             if not self._answer(session, *message):
                 return
 
+    def _open(self) -> tuple[TlsMode, tuple[int, bytes] | None]:
+        """Everything before LOGIN7: (how the connection is encrypted, the first message after it)."""
+        if self._starts_with_tls():
+            return self._open_strict()
+        message = self._read_message()
+        if message is not None and message[0] == tds.PacketType.PRELOGIN:
+            mode = self._prelogin(message[1])
+            if mode is TlsMode.REFUSED:
+                return mode, None
+            return mode, self._read_message()
+        if self._state.force_encryption:
+            log.debug("spid %d sent no PRELOGIN to an instance that forces encryption", self.spid)
+            return TlsMode.REFUSED, None
+        self._number = self._state.new_connection_number()
+        return TlsMode.NONE, message
+
+    def _starts_with_tls(self) -> bool:
+        """Whether the client's first byte opens a TLS record (TDS 8.0) rather than a TDS packet."""
+        first = self._sock.recv(1, socket.MSG_PEEK)
+        return first == bytes([TLS_HANDSHAKE_RECORD])
+
+    def _open_strict(self) -> tuple[TlsMode, tuple[int, bytes] | None]:
+        """TDS 8.0: TLS on the bare socket, then PRELOGIN inside it (its ENCRYPTION option decides
+        nothing any more), as SQL Server 2022 does."""
+        certificate = self._state.certificate
+        refused = certificate is None or self._state.faults.refuse_strict
+        mode = TlsMode.REFUSED if refused else TlsMode.STRICT
+        self._number = self._state.record_connection(None, tds.Encryption.NOT_SUP, mode)
+        if certificate is None or refused:
+            log.debug("spid %d: a TDS 8.0 client, closed (no certificate or refuse_strict)", self.spid)
+            return TlsMode.REFUSED, None
+        try:
+            tls = accept_strict_tls(self._sock, strict_server_context(certificate))
+        except (OSError, tds.ProtocolError):
+            self._state.record_handshake(self._number, completed=False)
+            raise
+        self._transport = tls
+        self._state.record_handshake(self._number, completed=True, alpn=tls.alpn)
+        log.debug("spid %d tls established (strict)", self.spid)
+        message = self._read_message()
+        if message is not None and message[0] == tds.PacketType.PRELOGIN:
+            self._send(tds.build_prelogin_reply(version=SERVER_VERSION, encryption=tds.Encryption.NOT_SUP))
+            message = self._read_message()
+        return TlsMode.STRICT, message
+
     def _prelogin(self, payload: bytes) -> TlsMode:
         """Answer PRELOGIN; run the TLS handshake when the answer calls for one."""
         client = tds.prelogin_encryption(tds.parse_prelogin(payload))
         certificate, force = self._state.tls_settings()
         decision = negotiate(client, has_certificate=certificate is not None, force_encryption=force)
-        self._number = self._state.record_connection(client, decision.reply, decision.mode)
+        reply, mode = decision.reply, decision.mode
+        if mode is TlsMode.FULL and self._state.faults.downgrade_prelogin:
+            # The attacker's byte: the client reads OFF and encrypts its LOGIN7 only. The attacker
+            # relays the handshake to the real replica, so the emulation simply goes on login-only.
+            reply, mode = tds.Encryption.OFF, TlsMode.LOGIN_ONLY
+        self._number = self._state.record_connection(client, reply, mode)
         log.debug("spid %d prelogin", self.spid)
-        self._send(tds.build_prelogin_reply(version=SERVER_VERSION, encryption=decision.reply))
-        if decision.mode in (TlsMode.LOGIN_ONLY, TlsMode.FULL):
+        self._send(tds.build_prelogin_reply(version=SERVER_VERSION, encryption=reply))
+        if mode in (TlsMode.LOGIN_ONLY, TlsMode.FULL):
             assert certificate is not None and isinstance(self._transport, PlainTransport)
             try:
                 self._transport = accept_tls(self._sock, self._transport, server_context(certificate))
@@ -258,8 +302,8 @@ class _Connection:
                 self._state.record_handshake(self._number, completed=False)
                 raise
             self._state.record_handshake(self._number, completed=True)
-            log.debug("spid %d tls established (%s)", self.spid, decision.mode.value)
-        return decision.mode
+            log.debug("spid %d tls established (%s)", self.spid, mode.value)
+        return mode
 
     def _login(self, login: tds.Login7, *, encrypted: bool) -> Session | None:
         database = login.database or "master"

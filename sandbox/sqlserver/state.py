@@ -59,6 +59,14 @@ class Faults:
     """ALTER LOGIN reports success but changes nothing."""
     reject_password_changes: bool = False
     """ALTER LOGIN fails with 15118, as on an instance with a stricter local password policy."""
+    downgrade_prelogin: bool = False
+    """An on-path attacker: the clear-text PRELOGIN answer ON (or REQ) is rewritten to OFF, one byte.
+    A TDS 7.x client then encrypts LOGIN7 only and sends every batch in clear text, as FreeTDS does
+    even with encryption=require (the attacker relays the TLS handshake to the real replica). A TDS
+    8.0 client is out of its reach: its PRELOGIN travels inside TLS."""
+    refuse_strict: bool = False
+    """The instance closes a connection that starts with TLS (TDS 8.0): as SQL Server 2019 and older
+    do, or an on-path attacker who blocks strict connections hoping the client falls back."""
 
 
 class ConnectionRecord(NamedTuple):
@@ -75,6 +83,7 @@ class HandshakeRecord(NamedTuple):
 
     connection: int
     completed: bool
+    alpn: str | None = None  # the ALPN protocol agreed ("tds/8.0" for a TDS 8.0 client), if any
 
 
 class LoginRecord(NamedTuple):
@@ -181,9 +190,9 @@ class InstanceState:
             self._connections_seen += 1
             return self._connections_seen
 
-    def record_handshake(self, connection: int, *, completed: bool) -> None:
+    def record_handshake(self, connection: int, *, completed: bool, alpn: str | None = None) -> None:
         with self._lock:
-            self._handshakes.append(HandshakeRecord(connection, completed))
+            self._handshakes.append(HandshakeRecord(connection, completed, alpn))
 
     def record_login(self, connection: int, *, encrypted: bool, accepted: bool) -> None:
         with self._lock:

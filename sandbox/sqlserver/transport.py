@@ -1,17 +1,21 @@
 """The byte stream a TDS connection reads and writes through: clear text, or TLS as SQL Server does it.
 
-Purpose: hide from the TDS framing whether bytes travel in clear or inside TLS. SQL Server's TLS
-is unusual in two ways, both handled here:
-- the TLS handshake records travel inside TDS packets of type PRELOGIN (0x12), in both directions
-  (``accept_tls``); only after the handshake does TLS run directly on the socket, with the TDS
-  packets inside it (``TlsTransport``);
-- with login-only encryption both sides drop TLS right after LOGIN7, without a TLS close
-  (``TlsTransport.drop_tls``).
+Purpose: hide from the TDS framing whether bytes travel in clear or inside TLS. SQL Server speaks
+TLS in two ways, both handled here:
+- TDS 8.0 "strict" (SQL Server 2022): TLS first, on the bare socket, before any TDS byte, with ALPN
+  ``tds/8.0`` (``accept_strict_tls``); PRELOGIN and everything after it travel inside TLS, so nothing
+  an on-path attacker can rewrite decides whether the connection is encrypted;
+- TDS 7.x: the TLS handshake records travel inside TDS packets of type PRELOGIN (0x12), in both
+  directions (``accept_tls``), after an unauthenticated PRELOGIN exchange in clear text; only after
+  the handshake does TLS run directly on the socket, with the TDS packets inside it
+  (``TlsTransport``); with login-only encryption both sides drop TLS right after LOGIN7, without a
+  TLS close (``TlsTransport.drop_tls``).
 
 Boundaries: sockets and ``ssl`` only; what the TDS messages mean is protocol.py's and server.py's.
 The TLS engine is ``ssl.MemoryBIO`` + ``SSLContext.wrap_bio``, so this module decides where the
-encrypted bytes go. Servers speak TLS 1.2 without session tickets: SQL Server does not offer TLS
-1.3 under TDS 7.x, and FreeTDS's client (OpenSSL 1.1.1 in pymssql 2.4.6) handshakes with this.
+encrypted bytes go. Under TDS 7.x servers speak TLS 1.2 without session tickets: SQL Server does
+not offer TLS 1.3 there, and FreeTDS's client (OpenSSL 1.1.1 in pymssql 2.4.6) handshakes with this.
+Under TDS 8.0 they speak TLS 1.2 or 1.3, as SQL Server 2022 does.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from sandbox.sqlserver import protocol as tds
 from sandbox.sqlserver.certs import ServerCertificate
 
 RECV_CHUNK = 16384  # one TLS record at most
+TLS_HANDSHAKE_RECORD = 0x16  # the first byte of a TLS ClientHello: a TDS 8.0 (strict) client
+TDS8_ALPN = "tds/8.0"  # the ALPN protocol of TDS 8.0 (MS-TDS 2.1)
 HANDSHAKE_PACKET_SIZE = 4096  # what FreeTDS and SQL Server use before LOGIN7 negotiates a size
 MAX_HANDSHAKE_BYTES = 256 * 1024  # far above any real handshake; bounds memory per connection
 
@@ -82,6 +88,11 @@ class TlsTransport:
     def cipher(self) -> tuple[str, str, int] | None:
         """(cipher name, protocol version, secret bits), as ssl reports it."""
         return self._tls.cipher()
+
+    @property
+    def alpn(self) -> str | None:
+        """The ALPN protocol the handshake agreed on, if any."""
+        return self._tls.selected_alpn_protocol()
 
     def recv(self, size: int) -> bytes:
         while True:
@@ -164,6 +175,35 @@ def accept_tls(sock: socket.socket, transport: PlainTransport, context: ssl.SSLC
         incoming.write(body)
 
 
+def accept_strict_tls(sock: socket.socket, context: ssl.SSLContext) -> TlsTransport:
+    """Run the server side of a TDS 8.0 handshake: TLS records straight on the socket, before any TDS.
+
+    Raises ssl.SSLError when the client aborts the handshake and tds.ProtocolError when it closes.
+    """
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=True)
+    received = 0
+    while True:
+        try:
+            tls.do_handshake()
+            done = True
+        except ssl.SSLWantReadError:
+            done = False
+        finally:
+            flight = outgoing.read()  # an alert too, when the handshake failed
+            if flight:
+                sock.sendall(flight)
+        if done:
+            return TlsTransport(sock, tls, incoming, outgoing)
+        raw = sock.recv(RECV_CHUNK)
+        if not raw:
+            raise tds.ProtocolError("connection closed inside the TLS handshake")
+        received += len(raw)
+        if received > MAX_HANDSHAKE_BYTES:
+            raise tds.ProtocolError("TLS handshake too large")
+        incoming.write(raw)
+
+
 @functools.lru_cache(maxsize=64)
 def server_context(certificate: ServerCertificate) -> ssl.SSLContext:
     """A TLS 1.2 server context serving this certificate (cached: contexts are safe to share)."""
@@ -171,9 +211,24 @@ def server_context(certificate: ServerCertificate) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_TICKET
+    _load(context, certificate)
+    return context
+
+
+@functools.lru_cache(maxsize=64)
+def strict_server_context(certificate: ServerCertificate) -> ssl.SSLContext:
+    """A TDS 8.0 server context: TLS 1.2 or 1.3, ALPN ``tds/8.0`` (cached)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_TICKET
+    context.set_alpn_protocols([TDS8_ALPN])
+    _load(context, certificate)
+    return context
+
+
+def _load(context: ssl.SSLContext, certificate: ServerCertificate) -> None:
     # load_cert_chain reads files only: hand it the PEM bytes through a private temporary folder.
     with tempfile.TemporaryDirectory(prefix="tds-cert-") as folder:
         cert, key = Path(folder) / "server.crt", Path(folder) / "server.key"
         certificate.write(cert, key)
         context.load_cert_chain(cert, key)
-    return context

@@ -379,3 +379,130 @@ def test_freetds_conf_is_read_again_at_every_connect(
     conf.write_text(verifying_conf(ca_file(tmp_path, other_ca, "other.crt")))
     with pytest.raises(pymssql.OperationalError):
         connect(server, encryption="require")
+
+
+# --- TDS 8.0 strict, and the one-byte downgrade of TDS 7.x ---------------------------------------
+
+
+def strict_conf(ca_path: Path, *, check_name: bool = True) -> str:
+    check = "yes" if check_name else "no"
+    return f"[global]\n\tencryption = strict\n\tca file = {ca_path}\n\tcheck certificate hostname = {check}\n"
+
+
+def test_strict_starts_tls_before_any_tds_byte_and_sends_everything_inside_it(
+    tmp_path: Path, ca: CertificateAuthority, start_server: StartServer, freetds_conf: Callable[[str], Path]
+) -> None:
+    freetds_conf(strict_conf(ca_file(tmp_path, ca)))
+    state, server = start_server(issue_server_certificate(ca, ip_addresses=["127.0.0.1"]))
+    change_password(server)  # no encryption= argument: the section's strict mode applies
+    assert server.wait_idle(5)
+    assert [(c.client, c.mode) for c in state.connections] == [(None, TlsMode.STRICT)]
+    assert [(h.completed, h.alpn) for h in state.handshakes] == [(True, "tds/8.0")]
+    assert [login.encrypted for login in state.logins] == [True]
+    assert batch_encryption(state) == {("set", True), ("select", True), ("alter-login", True)}
+    assert state.clear_text == []
+
+
+def test_a_one_byte_downgrade_puts_alter_login_in_clear_text_despite_encryption_require(
+    tmp_path: Path, ca: CertificateAuthority, start_server: StartServer, freetds_conf: Callable[[str], Path]
+) -> None:
+    """The attack strict mode exists for: TDS 7.x negotiates encryption in a clear PRELOGIN exchange."""
+    freetds_conf(verifying_conf(ca_file(tmp_path, ca)))
+    state, server = start_server(issue_server_certificate(ca, ip_addresses=["127.0.0.1"]))
+    state.faults.downgrade_prelogin = True
+    change_password(server, encryption="require")  # the certificate IS verified
+    assert server.wait_idle(5)
+    assert [(c.client, c.reply, c.mode) for c in state.connections] == [(ON, OFF, TlsMode.LOGIN_ONLY)]
+    assert ("alter-login", False) in batch_encryption(state)
+    assert any(NEW_PASSWORD in entry.text for entry in state.clear_text if entry.kind == "batch")
+
+
+def test_strict_is_out_of_reach_of_the_downgrade(
+    tmp_path: Path, ca: CertificateAuthority, start_server: StartServer, freetds_conf: Callable[[str], Path]
+) -> None:
+    freetds_conf(strict_conf(ca_file(tmp_path, ca)))
+    state, server = start_server(issue_server_certificate(ca, ip_addresses=["127.0.0.1"]))
+    state.faults.downgrade_prelogin = True
+    change_password(server)
+    assert server.wait_idle(5)
+    assert [c.mode for c in state.connections] == [TlsMode.STRICT]
+    assert batch_encryption(state) == {("set", True), ("select", True), ("alter-login", True)}
+    assert state.clear_text == []
+
+
+def test_a_server_that_closes_strict_connections_gets_no_login_and_the_client_does_not_fall_back(
+    tmp_path: Path, ca: CertificateAuthority, start_server: StartServer, freetds_conf: Callable[[str], Path]
+) -> None:
+    """SQL Server 2019, or an attacker blocking TLS-first connections hoping for a TDS 7.x retry."""
+    freetds_conf(strict_conf(ca_file(tmp_path, ca)))
+    state, server = start_server(issue_server_certificate(ca, ip_addresses=["127.0.0.1"]))
+    state.faults.refuse_strict = True
+    outcome = connect_outcome(server)
+    assert outcome is not None and TLS_REFUSED in outcome[1] and "Login failed" not in outcome[1]
+    assert server.wait_idle(5)
+    assert [c.mode for c in state.connections] == [TlsMode.REFUSED]  # one attempt, no PRELOGIN retry
+    assert state.logins == [] and state.clear_text == []
+
+
+@pytest.mark.parametrize("check_name", [True, False], ids=["VerifyFull", "VerifyCA"])
+def test_strict_refuses_a_certificate_from_another_ca_before_any_tds_byte(
+    tmp_path: Path,
+    ca: CertificateAuthority,
+    other_ca: CertificateAuthority,
+    start_server: StartServer,
+    freetds_conf: Callable[[str], Path],
+    check_name: bool,
+) -> None:
+    freetds_conf(strict_conf(ca_file(tmp_path, ca), check_name=check_name))
+    state, server = start_server(issue_server_certificate(other_ca, ip_addresses=["127.0.0.1"]))
+    outcome = connect_outcome(server)
+    assert outcome is not None and outcome[0] == 20002 and TLS_REFUSED in outcome[1]
+    assert server.wait_idle(5)
+    assert [h.completed for h in state.handshakes] == [False]
+    assert state.logins == [] and state.batches == []
+
+
+def test_strict_checks_the_name_only_when_asked(
+    tmp_path: Path, ca: CertificateAuthority, start_server: StartServer, freetds_conf: Callable[[str], Path]
+) -> None:
+    _, server = start_server(issue_server_certificate(ca, dns_names=["elsewhere.example"]))
+    freetds_conf(strict_conf(ca_file(tmp_path, ca), check_name=True))
+    refused = connect_outcome(server)
+    freetds_conf(strict_conf(ca_file(tmp_path, ca), check_name=False))
+    accepted = connect_outcome(server)
+    assert refused is not None and TLS_REFUSED in refused[1]
+    assert accepted is None
+
+
+def test_strict_without_a_ca_file_refuses_every_certificate_it_cannot_chain_to_the_system_cas(
+    start_server: StartServer, freetds_conf: Callable[[str], Path], ca: CertificateAuthority
+) -> None:
+    """Why TrustServerCertificate cannot be strict with this FreeTDS (rotation/tls.py)."""
+    freetds_conf("[global]\n\tencryption = strict\n\tcheck certificate hostname = no\n")
+    state, server = start_server(issue_server_certificate(ca, ip_addresses=["127.0.0.1"]))
+    outcome = connect_outcome(server)
+    assert outcome is not None and TLS_REFUSED in outcome[1]
+    assert state.logins == []
+
+
+def test_pymssqls_encryption_argument_overrides_strict_so_the_product_never_passes_it(
+    tmp_path: Path, ca: CertificateAuthority, start_server: StartServer, freetds_conf: Callable[[str], Path]
+) -> None:
+    freetds_conf(strict_conf(ca_file(tmp_path, ca)))
+    state, server = start_server(issue_server_certificate(ca, ip_addresses=["127.0.0.1"]))
+    change_password(server, encryption="require")
+    assert [c.mode for c in state.connections] == [TlsMode.FULL]  # TDS 7.x: exposed to the downgrade
+
+
+def test_the_safe_debugging_command_checks_a_replica_without_logging_in(
+    tmp_path: Path, ca: CertificateAuthority, start_server: StartServer
+) -> None:
+    """The command rotation/freetds.py and docs/freetds-tls.md give instead of TDSDUMP."""
+    state, server = start_server(issue_server_certificate(ca, dns_names=[POD_NAME]))
+    command = ["openssl", "s_client", "-connect", f"127.0.0.1:{server.address[1]}", "-alpn", "tds/8.0"]
+    command += ["-servername", POD_NAME, "-CAfile", str(ca_file(tmp_path, ca)), "-verify_hostname", POD_NAME]
+    done = subprocess.run([*command, "-brief"], input="", capture_output=True, text=True, timeout=30)
+    assert "Verification: OK" in done.stdout + done.stderr
+    assert server.wait_idle(5)
+    assert [(h.completed, h.alpn) for h in state.handshakes] == [(True, "tds/8.0")]
+    assert state.logins == []  # nothing secret was sent

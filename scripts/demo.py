@@ -8,31 +8,35 @@ does not. Passwords are never printed.
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import pymssql
-
 # Prefect reads its settings at import: keep this run's state apart from any other Prefect use.
 os.environ.setdefault("PREFECT_HOME", str(Path(tempfile.gettempdir()) / "mssql-auth-rotation-demo-prefect"))
 os.environ.pop("PREFECT_API_URL", None)
+# The embedded server's first start can take longer than Prefect's 20 s on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 from flows.rotate_auth import rotate_mssql_auth
-from sandbox.cluster import Sandbox
+from rotation.params import TlsVerify
+from rotation.passwords import Password
+from rotation.plan import Endpoint
+from rotation.sqlserver import accepts
+from rotation.tls import TlsProfile, pod_dns_name
+from sandbox.cluster import Database, Sandbox
 
 NAMESPACE, DATABASE, REPLICAS = "demo", "mssql-demo", 3
 
 
-def login_works(host: str, password: str) -> bool:
-    try:
-        pymssql.connect(
-            server=host, port="1433", user="sa", password=password, login_timeout=5, encryption="require"
-        ).close()
-        return True
-    except pymssql.OperationalError:
-        return False
+def login_works(db: Database, pod: str, password: str) -> bool:
+    """A login as the rotation makes it: TDS 8.0 strict, the certificate checked against the database's CA."""
+    ca = db.sandbox.core.read_namespaced_secret(f"{db.name}-server-cert", db.namespace).data["ca.crt"]
+    tls = TlsProfile(verify=TlsVerify.VERIFY_FULL, ca_pem=base64.b64decode(ca).decode(), ca_source="demo")
+    endpoint = Endpoint(pod, db.ip(pod), db.port(pod), pod_dns_name(pod, db.name, db.namespace), tls)
+    return accepts(endpoint, "sa", Password(password))
 
 
 def main() -> int:
@@ -54,7 +58,7 @@ def main() -> int:
         print(f"Secret {NAMESPACE}/{report.auth_secret} keys now: {', '.join(sorted(secret))}")
         ok = True
         for pod in db.pods:
-            new_ok, old_ok = login_works(db.ip(pod), new), login_works(db.ip(pod), old)
+            new_ok, old_ok = login_works(db, pod, new), login_works(db, pod, old)
             ok &= new_ok and not old_ok
             print(
                 f"  {pod} ({db.ip(pod)}:1433): new password "

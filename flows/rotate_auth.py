@@ -35,7 +35,7 @@ from rotation.params import (
 from rotation.plan import Stage, Target
 from rotation.report import Condition, ConditionLog, RotationReport, StepName
 from tasks.check import check_rotation
-from tasks.commit import commit_secret, update_petsets
+from tasks.commit import check_before_commit, commit_secret, update_petsets
 from tasks.inspect import confirm_due, inspect_database
 from tasks.lock import LockKeeper, acquire_lock, lease_seconds, release_lock
 from tasks.ops_request import report_to_ops_request
@@ -116,9 +116,9 @@ def rotate_mssql_auth(
             target = inspect_database(request, _holder_identity())
         skip = target.skip
         if skip is None:
-            acquire_lock(target, lease_seconds())
+            acquired_at = acquire_lock(target, lease_seconds())
             try:
-                with LockKeeper(target, lease_seconds()) as keeper:
+                with LockKeeper(target, lease_seconds(), acquired_at) as keeper:
                     # Under the lock, again: another run may have just done it.
                     skip = confirm_due(request, target) if request.conditional else None
                     if skip is None:
@@ -186,7 +186,7 @@ def _checked(conditions: ConditionLog, keeper: LockKeeper) -> Step:
     @contextlib.contextmanager
     def step(type_: str, message: str) -> Iterator[StepName]:
         with conditions.step(type_, message) as name:
-            keeper.check()
+            keeper.fence()
             yield name
 
     return step
@@ -201,7 +201,8 @@ def _success_message(target: Target) -> str:
 
 
 def _update_credentials(target: Target, user_secret: str | None) -> str:
-    """Stage → Set → Verify (a failure of Set or Verify puts the old password back), then Commit."""
+    """Stage → Set → Verify (a failure of Set or Verify, or another operation holding the database
+    before the commit, puts the old password back), then Commit."""
     if target.stage is Stage.COMMITTED:
         get_run_logger().info("%s: credentials already committed; finishing the rotation", target.ref)
         return commit_secret(target, None)  # its second half may be missing
@@ -209,6 +210,7 @@ def _update_credentials(target: Target, user_secret: str | None) -> str:
     try:
         set_password_on_replicas(target)
         verify_logins(target)
+        check_before_commit(target)  # another operation now: roll back rather than commit
     except Exception as failure:
         _roll_back(target, failure)
         raise

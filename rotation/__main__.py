@@ -1,4 +1,5 @@
-"""``python -m rotation rbac ...``: print the RBAC one database's rotations need (deployments/README.md).
+"""``python -m rotation rbac ...``: print the RBAC and the lock one database's rotations need
+(deployments/README.md).
 
 Offline: it reads nothing from a cluster; pipe its output to ``kubectl apply -f -``. A bad argument is
 reported on stderr with exit status 2 and nothing on stdout, so a pipe applies nothing.
@@ -20,12 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     grant = commands.add_parser(
         "rbac",
-        help="print the Role and RoleBinding that one database's rotations need (YAML)",
+        help="print the Role, RoleBinding and Lease (the lock) that one database's rotations need (YAML)",
         description=(
             "Print, as YAML for kubectl apply, the Role and RoleBinding that let the rotation's "
             "ServiceAccount rotate ONE MSSQLServer: every rule that can name its objects does "
-            "(resourceNames). Generate and apply it again after scaling the database or adding a "
-            "user secret."
+            "(resourceNames). It also creates the database's rotation lock, a Lease with no holder, "
+            "so the ServiceAccount needs no right to create Leases. Generate and apply it again after "
+            "scaling the database or adding a user secret (a running rotation keeps its lock)."
         ),
     )
     grant.add_argument("--namespace", required=True, help="the database's namespace")

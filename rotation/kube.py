@@ -27,8 +27,10 @@ from kubernetes.config.config_exception import ConfigException
 from rotation import constants as c
 from rotation.errors import InvalidRequest, PermanentError, TransientError
 from rotation.plan import PodView
+from rotation.selectors import budgets_selecting
 
-REQUEST_TIMEOUT: Final = (5, 30)  # (connect, read) seconds for every call
+REQUEST_TIMEOUT: Final = (5, 30)  # (connect, read) seconds for every call but the Lease's
+LEASE_TIMEOUT_S: Final = 5.0  # total seconds of one Lease call, unless the lock asks for less
 TRANSIENT_STATUS: Final = {409, 429, 500, 502, 503, 504}
 WATCH_RETRY_MIN_S: Final = 0.1
 WATCH_RETRY_MAX_S: Final = 2.0
@@ -36,6 +38,7 @@ WATCH_WINDOW_MAX_S: Final = 10  # a wait's guard (e.g. the lock check) runs at l
 Json = dict[str, Any]
 T = TypeVar("T")
 Guard = Callable[[], None] | None
+_FORBIDDEN: Final = object()  # a 403 that the caller explains itself
 # The API server's cause when an eviction would break a PodDisruptionBudget (a 429).
 DISRUPTION_BUDGET_CAUSE: Final = "DisruptionBudget"
 _BUDGET_NAME = re.compile(r"disruption budget (\S+)")
@@ -59,15 +62,17 @@ def call(
     *args: Any,
     answers: dict[int, Any] | None = None,
     not_found: Callable[[], Exception] | None = None,
+    timeout: float | tuple[float, float] = REQUEST_TIMEOUT,
     **kwargs: Any,
 ) -> Any:
     """Call one API verb with a timeout and translate its errors.
 
     ``answers`` maps HTTP statuses that are an answer, not an error, to the value to return
-    (a 404 on a read: None); ``not_found`` builds the error to raise for a 404.
+    (a 404 on a read: None); ``not_found`` builds the error to raise for a 404. ``timeout`` is
+    (connect, read) seconds, or one number for the whole request.
     """
     try:
-        return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        return fn(*args, _request_timeout=timeout, **kwargs)
     except ApiException as exc:
         if answers and exc.status in answers:
             return answers[exc.status]
@@ -97,6 +102,31 @@ def _api_client(kubeconfig: str | None) -> client.ApiClient:
 def api_client() -> client.ApiClient:
     """The standard discovery: in-cluster config, else ``KUBECONFIG``, else ``~/.kube/config``."""
     return _api_client(os.environ.get("KUBECONFIG"))
+
+
+@functools.lru_cache(maxsize=8)
+def _lease_api_client(kubeconfig: str | None) -> client.ApiClient:
+    configuration = client.Configuration()
+    try:
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and kubeconfig is None:
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    except (ConfigException, OSError) as exc:
+        raise PermanentError(
+            "no Kubernetes cluster configured: run in a pod with a service account, or set KUBECONFIG "
+            f"(or ~/.kube/config) ({exc})"
+        ) from None
+    # urllib3 otherwise re-sends a request 3 times after a connection error or read timeout: a
+    # holder cut off from the API server would learn that its renewal failed only after 4 timeouts.
+    configuration.retries = False
+    return client.ApiClient(configuration)
+
+
+def lease_api_client() -> client.ApiClient:
+    """Like ``api_client``, for the rotation lock's calls only: no hidden retries (every failure
+    reaches the lock at once, which decides for itself whether there is time for another try)."""
+    return _lease_api_client(os.environ.get("KUBECONFIG"))
 
 
 def pod_is_ready(pod: client.V1Pod) -> bool:
@@ -207,12 +237,15 @@ def _eviction_refusal(exc: ApiException) -> EvictionRefused:
 class Kube:
     """Verbs on the objects a rotation touches, in one namespace."""
 
-    def __init__(self, namespace: str, api: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, namespace: str, api: client.ApiClient | None = None, *, lease_timeout: float = LEASE_TIMEOUT_S
+    ) -> None:
         self.namespace = namespace
+        self.lease_timeout = lease_timeout
+        self.coordination = client.CoordinationV1Api(api or lease_api_client())
         api = api or api_client()
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
-        self.coordination = client.CoordinationV1Api(api)
 
     def _where(self, kind: str, name: str) -> str:
         return f"{kind} {self.namespace}/{name}"
@@ -454,6 +487,49 @@ class Kube:
 
         return call(f"evict {self._where('Pod', name)}", evict)  # type: ignore[no-any-return]
 
+    def budgets_selecting_pod(self, name: str) -> list[str]:
+        """Names of the namespace's PodDisruptionBudgets whose selector selects this pod.
+
+        Through policy/v1, else policy/v1beta1 (the only one an API server before 1.21 serves, 404
+        on v1). A pod that is gone is selected by none."""
+        pod = call(
+            f"read {self._where('Pod', name)}",
+            self.core.read_namespaced_pod,
+            name,
+            self.namespace,
+            answers={404: None},
+        )
+        if pod is None:
+            return []
+        return budgets_selecting(self._list_budgets(), pod.metadata.labels or {})
+
+    def _list_budgets(self) -> list[Json]:
+        for version in ("v1", "v1beta1"):
+            listing = call(
+                f"list the PodDisruptionBudgets of namespace {self.namespace}",
+                self._get_json,
+                f"/apis/policy/{version}/namespaces/{self.namespace}/poddisruptionbudgets",
+                answers={404: None},
+            )
+            if listing is not None:
+                return list(listing.get("items") or [])
+        return []
+
+    def _get_json(self, path: str, *, _request_timeout: Any = None) -> Json:
+        """GET a path the client has no class for (policy/v1beta1, all a 1.20 API server serves)."""
+        api = self.core.api_client
+        request = api.param_serialize(
+            method="GET",
+            resource_path=path,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = api.call_api(*request, _request_timeout=_request_timeout)
+        body = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=None, data=None)
+        return json.loads(body)  # type: ignore[no-any-return]
+
     def delete_pod(self, name: str, uid: str) -> None:
         body = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid))
         call(
@@ -575,6 +651,8 @@ class Kube:
         self.record_event_on(involved, reason, message, warning=warning)
 
     # -- Lease (the rotation lock) -----------------------------------------------------------
+    # Through lease_api_client() (no urllib3 retries), each call within ``lease_timeout`` seconds in
+    # all: a lock holder must learn within one renew interval that a renewal did not go through.
     def read_lease(self, name: str) -> client.V1Lease | None:
         return call(
             f"read {self._where('Lease', name)}",
@@ -582,17 +660,25 @@ class Kube:
             name,
             self.namespace,
             answers={404: None},
+            timeout=self.lease_timeout,
         )
 
-    def create_lease(self, lease: client.V1Lease) -> client.V1Lease | None:
-        """None when somebody else created it first (409)."""
-        return call(
+    def create_lease(
+        self, lease: client.V1Lease, forbidden: Callable[[], Exception] | None = None
+    ) -> client.V1Lease | None:
+        """None when somebody else created it first (409). ``forbidden`` builds the error for a 403:
+        the rotation's own identity may not create Leases (its grant creates its Lease)."""
+        created = call(
             f"create {self._where('Lease', lease.metadata.name)}",
             self.coordination.create_namespaced_lease,
             self.namespace,
             lease,
-            answers={409: None},
+            answers={409: None, 403: _FORBIDDEN} if forbidden is not None else {409: None},
+            timeout=self.lease_timeout,
         )
+        if created is _FORBIDDEN and forbidden is not None:
+            raise forbidden()
+        return created
 
     def replace_lease(self, lease: client.V1Lease) -> client.V1Lease | None:
         """None when the lease changed or vanished since it was read: somebody else won."""
@@ -603,17 +689,7 @@ class Kube:
             self.namespace,
             lease,
             answers={404: None, 409: None},
-        )
-
-    def delete_lease(self, name: str, resource_version: str) -> None:
-        body = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=resource_version))
-        call(
-            f"delete {self._where('Lease', name)}",
-            self.coordination.delete_namespaced_lease,
-            name,
-            self.namespace,
-            body=body,
-            answers={404: None, 409: None},
+            timeout=self.lease_timeout,
         )
 
 

@@ -79,7 +79,9 @@ TlsVerifyMode = Annotated[
             "Every connection to SQL Server is encrypted. VerifyFull: each replica's certificate must be "
             "issued by the trusted CA and name the pod (<pod>.<db>-pods.<ns>.svc). VerifyCA: issued by the "
             "trusted CA, any name. TrustServerCertificate: encrypt without checking the certificate "
-            "(not recommended; the report says so)."
+            "(not recommended; the report says so). It is refused unless the operator allows it where "
+            "the run executes (MSSQL_AUTH_ROTATION_ALLOW_TRUST_SERVER_CERTIFICATE=true in the worker's "
+            "or the job template's environment): no parameter can allow it."
         ),
     ),
 ]

@@ -156,6 +156,14 @@ def our_pause(database: dict[str, Any], holder: str) -> dict[str, Any] | None:
     return next((p for p in pauses(database) if pause_holder(p) == holder), None)
 
 
+def pause_of_another(database: dict[str, Any], holder: str) -> dict[str, Any] | None:
+    """A pause that is not this run's, standing next to it: the database is held by someone else too.
+
+    Stricter than :func:`foreign_pause`: under the lock no other run of ours should pause it either.
+    """
+    return next((p for p in pauses(database) if pause_holder(p) != holder), None)
+
+
 def describe_pause(condition: dict[str, Any]) -> str:
     state = "requested" if condition.get("status") == c.PAUSE_REQUESTED else "in effect"
     return f"{condition.get('message') or condition.get('reason') or 'no reason given'} ({state})"

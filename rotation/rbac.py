@@ -6,7 +6,9 @@ every rule that can name its objects does (``resourceNames``): the MSSQLServer a
 the pods ``<db>-0`` ... ``<db>-(N-1)``, the Lease ``<db>-rotate-auth`` and the listed Secrets. What a
 Kubernetes authorizer cannot narrow by name stays namespace-wide, and its comment says why:
 
-- ``create`` (a Lease, an Event): the new object's name is in the body, and the authorizer sees none;
+- ``create`` (an Event): the new object's name is in the body, and the authorizer sees none. The one
+  other object a rotation would create, its Lease, is therefore part of the output instead (created by
+  whoever applies it), so the identity may not create Leases at all;
 - ``list``/``watch`` by label selector, or of a whole namespace: the request names no object. (A list
   or watch with the field selector ``metadata.name=<name>`` does name it, and a 1.20 API server checks
   it against ``resourceNames``: the MSSQLServer's watch is granted by name. The pods' are not: the
@@ -29,6 +31,7 @@ from rotation.plan import lock_name
 IDENTITY: Final = "mssql-auth-rotation"  # the flow runs' ServiceAccount and its namespace (rbac.yaml)
 ROLE_PREFIX: Final = "mssql-auth-rotation-"
 RBAC_API_VERSION: Final = "rbac.authorization.k8s.io/v1"
+LEASE_API_VERSION: Final = "coordination.k8s.io/v1"
 LABELS: Final = {"app.kubernetes.io/name": "mssql-auth-rotation"}
 ANNOTATION_DATABASE: Final = "mssql-auth-rotation.kubedb.com/database"
 ANNOTATION_REPLICAS: Final = "mssql-auth-rotation.kubedb.com/replicas"
@@ -211,15 +214,16 @@ def rules_for(g: Grant) -> list[Rule]:
         Rule(
             c.DB_GROUP,
             (c.DB_PLURAL,),
-            ("get", "patch"),
+            ("get",),
             (db,),
-            "The MSSQLServer. get (spec.authSecret, replicas, status, uid): inspect-database, "
-            "pause-database, resume-database, commit-secret and update-petsets, evict-pod (the pause "
-            "still stands), check-pod-running (the secret in use), record-failure (the Event's object). "
-            "patch: commit-secret and update-petsets merge-patch spec.authSecret (activeFrom; its name "
-            "when switching to a user secret). RBAC cannot narrow a patch to one field; nothing else is "
-            "patched.",
+            "The MSSQLServer (spec.authSecret, replicas, status, uid): inspect-database, pause-database, "
+            "resume-database, set-password-on-replicas, check-before-commit, commit-secret, update-petsets "
+            "and evict-pod (this run's pause still stands, alone), check-pod-running (the secret in use), "
+            "record-failure (the Event's object). Only read: a generated password keeps the secret's name, "
+            "so its spec is never written (KubeDB copies the secret's auth-active-from into "
+            "spec.authSecret.activeFrom).",
         ),
+        *(_switch_rules(g) if g.user_secrets else []),
         Rule(
             c.DB_GROUP,
             (f"{c.DB_PLURAL}/status",),
@@ -252,7 +256,8 @@ def rules_for(g: Grant) -> list[Rule]:
             (c.OPS_PLURAL,),
             ("list",),
             (),
-            "inspect-database and evict-pod: refuse to start, or stop, while a KubeDB "
+            "inspect-database, and before each write (set-password-on-replicas, check-before-commit, "
+            "commit-secret, update-petsets, evict-pod): refuse to start, or stop, while a KubeDB "
             "MSSQLServerOpsRequest of the database is Pending or Progressing. Not by name: the list "
             "names no object (ops requests are named by whoever creates them).",
         ),
@@ -260,10 +265,9 @@ def rules_for(g: Grant) -> list[Rule]:
         Rule(
             c.PETSET_GROUP,
             (c.PETSET_PLURAL,),
-            ("get", "update"),
+            ("get",),
             (db,),
-            "update-petsets: read the PetSet and replace it so that its secretKeyRefs name the auth "
-            "secret in use.",
+            "update-petsets: read the PetSet, to check that its secretKeyRefs name the auth secret in use.",
         ),
         Rule(
             "",
@@ -283,6 +287,15 @@ def rules_for(g: Grant) -> list[Rule]:
             "evict-pod: the eviction API, with the pod's uid as a precondition, which honours "
             "PodDisruptionBudgets (a refusal names the budget, so no access to budgets is needed). By "
             "name: the eviction is a subresource of the named pod.",
+        ),
+        Rule(
+            "policy",
+            ("poddisruptionbudgets",),
+            ("list",),
+            (),
+            "evict-pod: before the fallback deletes a pod whose evictions kept being throttled without a "
+            "budget naming itself, list the namespace's PodDisruptionBudgets: a pod any of them selects is "
+            "never deleted. Not by name: a list names no object (budgets hold no credentials).",
         ),
         Rule(
             "",
@@ -306,20 +319,12 @@ def rules_for(g: Grant) -> list[Rule]:
         Rule(
             "coordination.k8s.io",
             ("leases",),
-            ("get", "update", "delete"),
+            ("get", "update"),
             (lock_name(db),),
-            "The rotation lock: inspect-database (get: refuse while a live run holds it), acquire-lock "
-            "(get; update to take over a lapsed lease), the lock keeper (update: renew it), "
-            "release-lock (get, delete).",
-        ),
-        Rule(
-            "coordination.k8s.io",
-            ("leases",),
-            ("create",),
-            (),
-            f"acquire-lock: create the Lease {lock_name(db)}. Not by name: a create names no object to "
-            "the authorizer, so this allows creating any Lease in the namespace (it cannot read, "
-            "change or delete another one).",
+            "The rotation lock, the Lease this grant creates (below): inspect-database (get: refuse while "
+            "a live run holds it), acquire-lock (get; update to take it when free or lapsed), the lock "
+            "keeper (update: renew it), release-lock (get; update: clear its holder). No create: it "
+            "cannot be limited by name, and would let this identity create any Lease in the namespace.",
         ),
         Rule(
             "",
@@ -343,6 +348,39 @@ def rules_for(g: Grant) -> list[Rule]:
             "the credentials: the auth secret or the user's), update-petsets (drop stale .next keys of "
             "the previous secret), check-rotation (remove the restart-pending mark). The auth secret "
             "and the user secrets (--user-secret) only.",
+        ),
+    ]
+
+
+# What the two rules below also allow, and why they are granted only with --user-secret.
+ESCALATION: Final = (
+    "RBAC cannot narrow a write to one field: this also allows changing the pod template, i.e. a pod "
+    "that mounts any Secret of the namespace or runs as any of its ServiceAccounts. So it is granted "
+    "only with --user-secret (the switch needs it; a generated password never does), and on Kubernetes "
+    "1.30+ deployments/validating-admission-policy.yaml limits this identity's writes to "
+    "spec.authSecret and the secretKeyRef names."
+)
+
+
+def _switch_rules(g: Grant) -> list[Rule]:
+    """The main-resource writes of a switch to a user's secret (commit-secret, update-petsets)."""
+    return [
+        Rule(
+            c.DB_GROUP,
+            (c.DB_PLURAL,),
+            ("patch",),
+            (g.database,),
+            "Only with --user-secret: commit-secret and update-petsets merge-patch spec.authSecret "
+            "(name and activeFrom) to switch the database to the user's secret; nothing else is "
+            f"patched. {ESCALATION}",
+        ),
+        Rule(
+            c.PETSET_GROUP,
+            (c.PETSET_PLURAL,),
+            ("update",),
+            (g.database,),
+            "Only with --user-secret: update-petsets replaces the PetSet so that its secretKeyRefs name "
+            f"the user's secret. {ESCALATION}",
         ),
     ]
 
@@ -402,9 +440,25 @@ def role_binding(g: Grant) -> dict[str, Any]:
     }
 
 
+def lease(g: Grant) -> dict[str, Any]:
+    """The rotation lock, created with the grant so that the identity needs no ``create`` on Leases.
+    No spec: nobody holds it, and ``kubectl apply`` of this again never clears a running rotation's
+    holder (apply only changes the fields a manifest names)."""
+    return {
+        "apiVersion": LEASE_API_VERSION,
+        "kind": "Lease",
+        "metadata": {
+            "name": lock_name(g.database),
+            "namespace": g.namespace,
+            "labels": dict(LABELS),
+            "annotations": {ANNOTATION_DATABASE: g.database},
+        },
+    }
+
+
 def documents(g: Grant) -> list[dict[str, Any]]:
-    """The Role and its RoleBinding, as plain dicts (what ``render`` writes as YAML)."""
-    return [role(g), role_binding(g)]
+    """The Role, its RoleBinding and the Lease, as plain dicts (what ``render`` writes as YAML)."""
+    return [role(g), role_binding(g), lease(g)]
 
 
 # -- YAML --------------------------------------------------------------------------------------------
@@ -453,7 +507,8 @@ def _header(g: Grant) -> list[str]:
     ]
     text = [
         f"It grants ServiceAccount {account} (deployments/rbac.yaml) what a rotation of this one database "
-        f"calls (rotation/kube.py), in namespace {g.namespace} only, with a Role and a RoleBinding. Every "
+        f"calls (rotation/kube.py), in namespace {g.namespace} only, with a Role and a RoleBinding, and "
+        "creates the database's rotation lock (a Lease). Every "
         "rule that can name its objects does (resourceNames); the comment on each rule names the steps "
         '(tasks) that need it. A call it does not allow fails the run with 403 and "needs the '
         'permissions in deployments/rbac.yaml".',
@@ -464,6 +519,10 @@ def _header(g: Grant) -> list[str]:
         "A user secret a rotation is given must be listed (--user-secret): an unlisted one is refused "
         "(403) in inspect-database before anything changes. After such a rotation the database uses it "
         "as its auth secret, so keep it listed.",
+        "Without --user-secret (generated passwords only) the MSSQLServer and its PetSet are only read: "
+        "this identity cannot change a pod template. With it, it may patch the MSSQLServer and update "
+        "the PetSet, which RBAC cannot narrow to the secret references: on Kubernetes 1.30+ also apply "
+        "deployments/validating-admission-policy.yaml.",
     ]
     for i, paragraph in enumerate(text):
         lines += (["#"] if i else []) + _comment(paragraph)
@@ -486,6 +545,14 @@ def render(g: Grant) -> str:
         "RoleBinding, never a ClusterRoleBinding)."
     )
     lines += _block(role_binding(g), 0)
+    lines.append("---")
+    lines += _comment(
+        f"The rotation lock of {g.database} (acquire-lock, release-lock), with no holder. Created here, "
+        "not by the rotation: a create cannot be limited by name, so the Role does not grant it (and "
+        "nobody holding this identity can create a Lease in the namespace). Applying this file again "
+        "leaves a running rotation's holder alone."
+    )
+    lines += _block(lease(g), 0)
     return "\n".join(lines) + "\n"
 
 

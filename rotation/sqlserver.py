@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import pymssql
@@ -166,15 +166,26 @@ def login_name(endpoint: Endpoint, username: str, password: Password) -> str | N
         return None
 
 
-def change_password(endpoint: Endpoint, username: str, *, new: Password, old: Password) -> bool:
+def change_password(
+    endpoint: Endpoint,
+    username: str,
+    *,
+    new: Password,
+    old: Password,
+    guard: Callable[[], None] | None = None,
+) -> bool:
     """``ALTER LOGIN ... OLD_PASSWORD`` as ``username`` logged in with ``old``, committed.
 
     False, changing nothing, when the server rejects ``old`` (the caller decides whether the replica
     has ``new`` already). A dropped connection leaves it unknown whether the change committed: that
-    is a ``TransientError``, and the caller's retry finds out by logging in again.
+    is a ``TransientError``, and the caller's retry finds out by logging in again. ``guard`` runs
+    once logged in, right before the statement (the rotation lock's fence): if it raises, nothing
+    is sent.
     """
     try:
         with _connect(endpoint, username, old) as conn:
+            if guard is not None:
+                guard()  # the login may have taken seconds: the statement must still be ours to send
             try:
                 conn.cursor().execute(alter_login_password(username, new, old))
                 conn.commit()

@@ -295,9 +295,12 @@ class Sandbox:
         self._kubelet.fail_starts(PodKey(namespace, pod), failing)
 
     def coordination_leases(self, namespace: str) -> list[str]:
-        """Names of the Leases in a namespace (the rotation's lock is one)."""
+        """Names of the Leases in a namespace that somebody holds (the rotation's lock is one; a
+        released lock stays as a Lease with no holder, and is not listed)."""
         leases = client.CoordinationV1Api(self.api).list_namespaced_lease(namespace).items
-        return [lease.metadata.name for lease in leases]
+        return [
+            lease.metadata.name for lease in leases if lease.spec is not None and lease.spec.holder_identity
+        ]
 
     def wait_for(self, predicate: Any, what: str, timeout: float = WAIT_TIMEOUT_S) -> None:
         """Wait until ``predicate()`` holds; TimeoutError naming ``what`` otherwise."""

@@ -32,6 +32,9 @@ K8S_POOL = "mssql-auth-rotation-k8s"
 # The kubernetes pool's base job template: image, command and service account fixed, not variables.
 K8S_BASE_JOB_TEMPLATE = PROJECT_DIR / "deployments" / "k8s-base-job-template.json"
 HEALTH_TIMEOUT_S = 90.0
+# The operator's permission for tls_verify=TrustServerCertificate (rotation/operator_settings.py): the
+# stack's worker and bridge get it only when asked, never from whatever the caller's shell exported.
+ALLOW_TRUST_SERVER_CERTIFICATE = "MSSQL_AUTH_ROTATION_ALLOW_TRUST_SERVER_CERTIFICATE"
 BUSY_RETRIES = 5
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -46,6 +49,8 @@ class PrefectStack:
     port: int = 0
     database_url: str | None = None
     """For ``PREFECT_API_DATABASE_CONNECTION_URL`` (``postgresql+asyncpg://...``); None: SQLite."""
+    allow_trust_server_certificate: bool = False
+    """The operator's setting in the worker's environment (its flow runs inherit it)."""
 
     def __post_init__(self) -> None:
         self._processes = ProcessGroup(self.home)
@@ -83,6 +88,7 @@ class PrefectStack:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_SERVER_UI_API_URL=self.api_url,
         )
+        env[ALLOW_TRUST_SERVER_CERTIFICATE] = "true" if self.allow_trust_server_certificate else "false"
         env.update(extra)
         return env
 

@@ -6,7 +6,8 @@
 - Health checker: ``status.phase`` follows the pods, paused or not (a pause does not stop it). Ready
   needs every replica pod Ready and, in an Availability Group, exactly one ``primary`` label.
 - While paused (``True``) the PetSet's secret references are left alone; otherwise they follow
-  ``spec.authSecret.name``.
+  ``spec.authSecret.name``, and ``spec.authSecret.activeFrom`` follows the auth secret's
+  ``kubedb.com/auth-active-from`` (KubeDB's ``EnsureAuthSecret`` → ``patchAuthSecretRef``).
 Everything it sees (secret writes, pause and resume) goes to the timeline.
 """
 
@@ -123,6 +124,7 @@ class Provisioner:
             self._reconcile_phase(db)
             if not is_paused(db):  # KubeDB leaves a paused database's workloads alone
                 self._reconcile_petset_secret(db)
+                self._reconcile_active_from(db)
         except ApiException as exc:
             if exc.status not in (404, 409):  # 409: a newer version is on its way through the watch
                 log.warning("reconcile %s/%s: %s", *key, exc.reason)
@@ -171,6 +173,23 @@ class Provisioner:
                 shapes.PLURAL,
                 meta["name"],
                 {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": {"phase": phase}},
+            )
+
+    def _reconcile_active_from(self, db: dict[str, Any]) -> None:
+        """Copy the auth secret's activation annotation into ``spec.authSecret.activeFrom``."""
+        meta = db["metadata"]
+        auth = db["spec"].get("authSecret") or {}
+        name = auth.get("name") or f"{meta['name']}-auth"
+        secret = self.core.read_namespaced_secret(name, meta["namespace"])
+        active_from = (secret.metadata.annotations or {}).get(shapes.AUTH_ACTIVE_FROM)
+        if active_from and auth.get("activeFrom") != active_from:
+            self.custom.patch_namespaced_custom_object(
+                shapes.GROUP,
+                shapes.VERSION,
+                meta["namespace"],
+                shapes.PLURAL,
+                meta["name"],
+                {"spec": {"authSecret": {"activeFrom": active_from}}},
             )
 
     def _reconcile_petset_secret(self, db: dict[str, Any]) -> None:

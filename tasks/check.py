@@ -67,5 +67,6 @@ def check_rotation(target: Target, auth_secret: str) -> None:
         raise PermanentError(
             f"Secret {target.namespace}/{auth_secret} lost its restart-pending mark mid-rotation"
         )
+    check_lock(target)
     kube.replace_secret(finished(creds))
     get_run_logger().info("%s: every replica accepts the new password and rejects the old one", target.ref)

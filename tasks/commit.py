@@ -4,6 +4,13 @@ Commit: ``.prev`` ← old, ``password`` ← new, ``.next`` removed, ``kubedb.com
 and a restart-pending mark, in ONE write of the secret that will hold the credentials. With a user's
 secret the database (and its PetSet) are then pointed at it. Each part checks before it acts, so a
 re-run after a crash completes what is missing.
+
+Only a switch to a user's secret writes the MSSQLServer's spec or the PetSet. With a generated
+password the secret's name never changes, so neither is written: ``spec.authSecret.activeFrom`` is
+left to KubeDB, whose provisioner copies the secret's ``kubedb.com/auth-active-from`` into it once
+the database is resumed (``patchAuthSecretRef``), and this project reads the annotation first
+anyway. That is what lets the generated-password Role (rotation/rbac.py) leave out ``patch`` of the
+MSSQLServer and ``update`` of the PetSet, the verbs that could change a pod template.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from rotation import constants as c
 from rotation.credentials import committed, read_credentials, unstaged
 from rotation.kube import Kube, now_rfc3339
 from rotation.plan import Stage, Target, is_database_pod
-from tasks._guards import confirm_paused
+from tasks._guards import ROLL_BACK, ROLL_FORWARD, confirm_held
 from tasks._policy import RETRYING
 from tasks.lock import check_lock
 
@@ -31,7 +38,7 @@ def commit_secret(target: Target, user_secret: str | None) -> str:
     """
     kube = Kube(target.namespace)
     check_lock(target)
-    confirm_paused(kube, target)
+    confirm_held(kube, target)
     secret_in_use, announce = target.auth_secret, False
     if target.stage is not Stage.COMMITTED:
         creds = read_credentials(kube, target.auth_secret, purpose=PURPOSE)
@@ -51,6 +58,7 @@ def commit_secret(target: Target, user_secret: str | None) -> str:
                 holder=target.holder,
                 pods_to_restart=_running_pods(kube, target),
             )
+            check_lock(target)
             kube.replace_secret(secret)
             announce = True
             get_run_logger().info("%s: credentials committed to Secret %s", target.ref, into.name)
@@ -64,14 +72,17 @@ def _running_pods(kube: Kube, target: Target) -> list[str]:
 
 
 def _point_database_at(kube: Kube, target: Target, secret_name: str, announce: bool) -> None:
-    """``spec.authSecret.name`` and ``activeFrom`` as the committed secret says, and the Event when
-    this call committed or had to finish an interrupted commit."""
+    """On a switch to a user's secret: ``spec.authSecret.name`` and ``activeFrom`` as the committed
+    secret says. The Event when this call committed or had to finish an interrupted switch.
+
+    The spec is written only when its name is not ``secret_name`` (never with a generated password:
+    see the module's docstring), so a run whose Role has no ``patch`` of the MSSQLServer never needs it.
+    """
     creds = read_credentials(kube, secret_name, purpose=PURPOSE)
-    active_from = creds.annotations.get(c.ANNOTATION_ACTIVE_FROM)
     db = kube.get_database(target.database)
     current = (db.get("spec") or {}).get("authSecret") or {}
-    wanted = {"name": secret_name, "activeFrom": active_from}
-    if any(current.get(key) != value for key, value in wanted.items()):
+    if current.get("name") != secret_name:
+        wanted = {"name": secret_name, "activeFrom": creds.annotations.get(c.ANNOTATION_ACTIVE_FROM)}
         db = kube.patch_database_auth_secret(target.database, wanted)
     elif not announce:
         return
@@ -86,10 +97,14 @@ def _point_database_at(kube: Kube, target: Target, secret_name: str, announce: b
 
 @task(name="update-petsets", **RETRYING)
 def update_petsets(target: Target, auth_secret: str) -> None:
-    """Point the PetSet's secret references at the auth secret and drop stale staged keys."""
+    """Point the PetSet's secret references at the auth secret and drop stale staged keys.
+
+    Writes the MSSQLServer and the PetSet only on a switch to a user's secret: with a generated
+    password they already name the auth secret (KubeDB's provisioner keeps the PetSet so).
+    """
     kube = Kube(target.namespace)
-    db = confirm_paused(kube, target)
-    if (db["spec"].get("authSecret") or {}).get("name") != auth_secret:
+    db = confirm_held(kube, target, then=ROLL_FORWARD)
+    if (db["spec"].get("authSecret") or {}).get("name") != auth_secret:  # a switch to a user's secret
         kube.patch_database_auth_secret(target.database, {"name": auth_secret})
     petset = kube.get_petset(target.database)
     changed = False
@@ -106,4 +121,16 @@ def update_petsets(target: Target, auth_secret: str) -> None:
     if previous and previous != auth_secret:
         old = read_credentials(kube, previous, purpose="the previous auth secret")
         if old.next is not None:
+            check_lock(target)
             kube.replace_secret(unstaged(old))
+
+
+@task(name="check-before-commit", **RETRYING)
+def check_before_commit(target: Target) -> None:
+    """The last check before the commit, inside Set/Verify's rollback: if another operation holds
+    the database now, the flow puts the old password back instead of committing the new one.
+
+    (commit-secret checks again itself: it also runs alone, finishing an interrupted commit.)
+    """
+    check_lock(target)
+    confirm_held(Kube(target.namespace), target, then=ROLL_BACK)

@@ -17,7 +17,7 @@ from rotation.fleet import DatabaseFacts
 from rotation.kube import Kube, list_databases_in_every_namespace
 from rotation.plan import lock_name
 from tasks._policy import RETRYING
-from tasks.lock import expires_at, holder_has_ended
+from tasks.lock import holder_has_ended, holder_of, lease_seconds, renewed_recently
 
 # One limit for every fleet run, so that two of them at once still respect it.
 CONCURRENCY_LIMIT: Final = "mssql-auth-rotation"
@@ -74,11 +74,14 @@ def _facts(kube: Kube, db: dict[str, Any], ops: tuple[dict[str, Any], ...]) -> D
     secret_name = ((db.get("spec") or {}).get("authSecret") or {}).get("name") or f"{name}-auth"
     secret = kube.read_secret(secret_name)  # only its metadata and key names are kept
     lease = kube.read_lease(lock_name(name))
-    holder = str(lease.spec.holder_identity) if lease is not None and lease.spec.holder_identity else None
+    holder = holder_of(lease)
+    # Only the plan: a lock whose record looks stale, or whose run Prefect reports ended, is planned
+    # as interrupted; the rotation it starts takes the lock over only once it has watched the Lease
+    # unchanged for a whole lease duration itself (tasks/lock.py), else it is refused.
     live = (
         lease is not None
         and holder is not None
-        and expires_at(lease) > dt.datetime.now(dt.UTC)
+        and renewed_recently(lease, dt.datetime.now(dt.UTC), lease_seconds())
         and not holder_has_ended(holder)
     )
     return DatabaseFacts(

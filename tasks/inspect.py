@@ -6,6 +6,7 @@ Every problem found here is an ``InvalidRequest`` that names the object and what
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from rotation.credentials import Credentials, pods_to_restart, read_credentials
 from rotation.errors import InvalidRequest
 from rotation.fleet import age_limit, human, is_due, parse_time
 from rotation.kube import Kube, secret_text
+from rotation.operator_settings import ALLOW_TRUST_SERVER_CERTIFICATE, trust_server_certificate_refusal
 from rotation.ops_request import FINAL_PHASES
 from rotation.params import ApplyPolicy, RotationRequest, TlsVerify
 from rotation.passwords import policy_violation
@@ -179,17 +181,29 @@ def _left_pause(db: dict[str, Any], holder: str) -> str | None:
     return paused_by if paused_by != holder else None
 
 
+def _check_tls_choice(request: RotationRequest) -> None:
+    """A run may ask to verify nothing, but only the operator may allow it (whoever reaches the
+    Prefect API picks parameters): checked first, before any Kubernetes or SQL Server call."""
+    if request.tls_verify is not TlsVerify.TRUST_SERVER_CERTIFICATE:
+        return
+    refusal = trust_server_certificate_refusal(os.environ)
+    if refusal is not None:
+        raise InvalidRequest(f"MSSQLServer {request.namespace}/{request.database}: {refusal}")
+
+
 def _tls_profile(kube: Kube, request: RotationRequest, db: dict[str, Any]) -> TlsProfile:
     """What to trust for this database's certificates; fail closed when nothing can be verified."""
     where = f"MSSQLServer {request.namespace}/{request.database}"
     if request.tls_verify is TlsVerify.TRUST_SERVER_CERTIFICATE:
+        _check_tls_choice(request)  # already checked first; again where the choice takes effect
         return TlsProfile(verify=request.tls_verify)
     name = request.tls_ca_secret or server_cert_secret(db)
     if name is None:
         raise InvalidRequest(
             f"{where} has no spec.tls, so there is no CA to check its replicas' certificates against: "
             "name a Secret whose ca.crt is the CA to trust in tls_ca_secret, or run with "
-            "tls_verify=TrustServerCertificate to encrypt without verifying (not recommended)"
+            "tls_verify=TrustServerCertificate to encrypt without verifying (not recommended, and only "
+            f"where the operator allows it: {ALLOW_TRUST_SERVER_CERTIFICATE}=true)"
         )
     source = f"Secret {request.namespace}/{name}"
     secret = kube.read_secret(name)
@@ -235,6 +249,7 @@ def skip_reason(
 
 @task(name="inspect-database", **RETRYING)
 def inspect_database(request: RotationRequest, holder: str) -> Target:
+    _check_tls_choice(request)
     kube = Kube(request.namespace)
     _check_own_request(kube, request)
     db = kube.get_database(request.database)

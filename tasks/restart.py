@@ -3,10 +3,12 @@
 - ``get-pod`` re-reads the roles right before each eviction (the coordinator may have moved the
   primary), waits for an election under way to settle, and picks the next pod: secondaries first,
   the current primary last;
-- ``evict-pod`` confirms the run's pause still stands and no KubeDB ops request started, then evicts
-  exactly that pod (its UID is a precondition). A PodDisruptionBudget that refuses is asked again
-  until the step's timeout and never overridden; only throttling without a budget (a 429 with no
-  DisruptionBudget cause) falls back to deleting the pod after half the timeout;
+- ``evict-pod`` confirms the run's pause still stands with no other pause beside it and no KubeDB ops
+  request started, then evicts exactly that pod (its UID is a precondition). A PodDisruptionBudget
+  that refuses is asked again until the step's timeout and never overridden; only throttling
+  without a budget (a 429 with no DisruptionBudget cause) falls back to deleting the pod after half
+  the timeout, and only when no PodDisruptionBudget of the namespace selects the pod (read at that
+  moment: a budget whose refusal did not name it still protects the pod);
 - ``check-pod-running`` waits (watch) until the new pod is Ready and accepts the new password.
 
 Each is bounded by the request's timeout.
@@ -32,7 +34,7 @@ from rotation.plan import (
     usable_replicas,
 )
 from rotation.sqlserver import accepts
-from tasks._guards import confirm_no_ops_request, confirm_paused
+from tasks._guards import ROLL_FORWARD, confirm_held
 from tasks._policy import RETRYING
 from tasks.lock import check_lock
 
@@ -71,8 +73,7 @@ def get_next_pod(target: Target, pending: list[str]) -> Replica:
 @task(name="evict-pod", **RETRYING)
 def evict_pod(target: Target, replica: Replica) -> None:
     kube = Kube(target.namespace)
-    confirm_paused(kube, target)
-    confirm_no_ops_request(kube, target)
+    confirm_held(kube, target, then=ROLL_FORWARD)
     deleted = _evict_or_delete(kube, target, replica)
     db = kube.get_database(target.database)
     if deleted:
@@ -96,8 +97,13 @@ def _evict_or_delete(kube: Kube, target: Target, replica: Replica) -> bool:
         if isinstance(outcome, EvictionRefused) and outcome.budget:
             refusal = outcome  # from now on this pod is never deleted, however long it takes
         if refusal is None and time.monotonic() >= give_up_throttled:
-            kube.delete_pod(replica.pod, replica.uid)
-            return True
+            covering = kube.budgets_selecting_pod(replica.pod)
+            if not covering:
+                kube.delete_pod(replica.pod, replica.uid)
+                return True
+            # A budget selects it although no refusal named one: never delete, whatever throttled it.
+            said = outcome.message if isinstance(outcome, EvictionRefused) else "evictions kept being refused"
+            refusal = EvictionRefused(", ".join(covering), f"{said}; the budget selects the pod")
         if refusal is not None and time.monotonic() >= deadline:
             raise _refused_by_budget(target, replica, refusal)
         if time.monotonic() >= deadline:

@@ -37,7 +37,9 @@ def roll_back_password(target: Target) -> list[str]:
     for endpoint in target.endpoints():
         check_lock(target)
         try:
-            if change_password(endpoint, creds.username, new=creds.current, old=creds.next):
+            if change_password(
+                endpoint, creds.username, new=creds.current, old=creds.next, guard=lambda: check_lock(target)
+            ):
                 restored.append(endpoint.pod)
                 log.warning("rolled back: the old password is restored on %s", endpoint)
             if not accepts(endpoint, creds.username, creds.current):
@@ -52,6 +54,7 @@ def roll_back_password(target: Target) -> list[str]:
             f"({'; '.join(map(str, problems))}); the staged password stays in Secret "
             f"{target.namespace}/{creds.name} (password.next)"
         )
+    check_lock(target)
     kube.replace_secret(unstaged(creds))
     log.warning("rolled back: the staged password is removed from Secret %s/%s", target.namespace, creds.name)
     return restored

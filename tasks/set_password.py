@@ -2,8 +2,9 @@
 
 Idempotent: each replica is changed by logging in with the current password; a replica that refuses
 it is checked for the new one (a retry after a dropped connection that did commit, or a re-run), and
-skipped if it has it. So a normal rotation makes no failed login here. If Set or Verify fails, the
-flow runs ``roll-back-password`` (tasks/rollback.py).
+skipped if it has it. So a normal rotation makes no failed login here. Before each replica it checks
+that no other operation holds the database (tasks/_guards.py). If Set or Verify fails, or that check
+refuses, the flow runs ``roll-back-password`` (tasks/rollback.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rotation.errors import PermanentError
 from rotation.kube import Kube
 from rotation.plan import Target
 from rotation.sqlserver import accepts, change_password
+from tasks._guards import ROLL_BACK, confirm_held
 from tasks._policy import RETRYING
 from tasks.lock import check_lock
 
@@ -23,13 +25,17 @@ from tasks.lock import check_lock
 def set_password_on_replicas(target: Target) -> list[str]:
     """Returns the pods whose password this call changed."""
     log = get_run_logger()
-    creds = read_credentials(Kube(target.namespace), target.auth_secret, purpose="the database's auth secret")
+    kube = Kube(target.namespace)
+    creds = read_credentials(kube, target.auth_secret, purpose="the database's auth secret")
     if creds.next is None:
         raise PermanentError(f"no staged password in Secret {target.namespace}/{creds.name}: stage it first")
     changed = []
     for endpoint in target.endpoints():
         check_lock(target)
-        if change_password(endpoint, creds.username, new=creds.next, old=creds.current):
+        confirm_held(kube, target, then=ROLL_BACK)
+        if change_password(
+            endpoint, creds.username, new=creds.next, old=creds.current, guard=lambda: check_lock(target)
+        ):
             changed.append(endpoint.pod)
             log.info("password changed on %s", endpoint)
         elif accepts(endpoint, creds.username, creds.next):

@@ -14,6 +14,7 @@ from rotation.kube import Kube
 from rotation.passwords import Password, generate_password
 from rotation.plan import Stage, Target
 from tasks._policy import RETRYING
+from tasks.lock import check_lock
 
 
 @task(name="stage-new-password", **RETRYING)
@@ -40,6 +41,7 @@ def stage_new_password(target: Target, user_secret: str | None) -> str | None:
             )
         return None
     new = supplied if supplied is not None else generate_password()
+    check_lock(target)
     kube.replace_secret(staged(creds, new))
     log.info(
         "%s: new password staged in Secret %s (%s)",

@@ -25,6 +25,7 @@ from rotation.ops_request import EXECUTOR, EXECUTOR_ANNOTATION
 
 log = logging.getLogger("mssql-auth-rotation.bridge")
 DEFAULT_DEPLOYMENT = "rotate-mssql-auth/manual"
+ALLOW = "--allow-with-kubedb-ops-manager"  # the override: its name says what it allows
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,8 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--all",
         action="store_true",
-        help="take every RotateAuth request, annotated or not (only for clusters without KubeDB's "
-        "ops-manager; refused when it is installed)",
+        help="take every RotateAuth request, annotated or not (also looks for KubeDB's ops-manager's "
+        "pods in every namespace: needs list on pods cluster-wide)",
+    )
+    parser.add_argument(
+        ALLOW,
+        action="store_true",
+        help="start even where KubeDB's ops-manager is seen, or cannot be looked for. RISK: the "
+        "ops-manager carries out every MSSQLServerOpsRequest whatever its annotations, so unless it "
+        "does not handle MSSQLServer, every request this bridge takes runs twice, two executors racing "
+        "for the credentials and the request's status",
     )
     parser.add_argument("--namespace", help="watch one namespace only (default: every namespace)")
     parser.add_argument(
@@ -51,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ops-manager-selector",
         default=OPS_MANAGER_SELECTOR,
-        help=f"label selector of KubeDB's ops-manager pods (default {OPS_MANAGER_SELECTOR!r})",
+        help=f"with --all, the label selector of KubeDB's ops-manager pods "
+        f"(default {OPS_MANAGER_SELECTOR!r})",
     )
     parser.add_argument(
         "--poll-seconds", type=float, default=2.0, help="how often runs in flight are looked at (default 2)"
@@ -73,32 +83,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ops_manager_check(requests: OpsRequests, selector: str, take_all: bool) -> str | None:
-    """Why the bridge must not start, or None. With --all, KubeDB's ops-manager would run the same
-    requests as the bridge; without it, the bridge only warns (annotated requests are seen by both)."""
+def _ops_manager_check(requests: OpsRequests, selector: str, take_all: bool, allow: bool) -> str | None:
+    """Why the bridge must not start, or None. KubeDB's ops-manager carries out every request itself,
+    annotated or not: next to it, the bridge would be a second executor of the same requests."""
     try:
-        evidence = requests.ops_manager_evidence(selector)
+        evidence = requests.ops_manager_evidence(selector if take_all else None)
     except RotationError as exc:
-        if take_all:
-            return (
-                f"--all needs to know that KubeDB's ops-manager is not installed, and could not tell: "
-                f"{exc}. Grant list on pods cluster-wide and get on apiservices (deployments/bridge.yaml), "
-                "or drop --all"
-            )
-        log.warning("could not tell whether KubeDB's ops-manager is installed: %s", exc)
-        return None
-    if evidence and take_all:
+        if allow:
+            log.warning("could not tell whether KubeDB's ops-manager is installed (%s); %s given", exc, ALLOW)
+            return None
+        rights = "get on the two ops APIServices" + (" and list on pods cluster-wide" if take_all else "")
         return (
-            f"KubeDB's ops-manager is installed ({', '.join(evidence)}): it carries out every RotateAuth "
-            f"request itself, so --all would run each one twice. Annotate the requests this bridge should "
-            f"take with {EXECUTOR_ANNOTATION}: {EXECUTOR} and start it without --all"
+            f"could not tell whether KubeDB's ops-manager is installed: {exc}. Grant the bridge {rights} "
+            f"(deployments/bridge.yaml), or, if you know it does not carry out MSSQLServerOpsRequests "
+            f"here, start with {ALLOW}"
         )
-    if evidence:
+    if not evidence:
+        return None
+    seen = ", ".join(evidence)
+    if allow:
         log.warning(
-            "KubeDB's ops-manager is installed (%s): it also acts on the requests annotated for this bridge",
-            ", ".join(evidence),
+            "KubeDB's ops-manager is installed (%s); starting anyway (%s): every request this bridge "
+            "takes is also carried out by the ops-manager unless it does not handle MSSQLServer",
+            seen,
+            ALLOW,
         )
-    return None
+        return None
+    taken = (
+        "every RotateAuth request"
+        if take_all
+        else f"the requests annotated {EXECUTOR_ANNOTATION}: {EXECUTOR}"
+    )
+    return (
+        f"KubeDB's ops-manager is installed ({seen}): it carries out every MSSQLServerOpsRequest "
+        f"whatever its annotations, so {taken} would run twice, two executors racing for the "
+        "database's credentials and the request's status. On this cluster let the ops-manager run the "
+        "requests (apply them without the annotation) or run rotate-mssql-auth without a request "
+        f"(README, 'From kubectl'). Only if this ops-manager does not handle MSSQLServer, start with {ALLOW}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,11 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     try:
-        requests = OpsRequests(args.namespace)
+        requests = OpsRequests(args.namespace, take_all=args.all)
     except RotationError as exc:
         print(f"python -m rotation.bridge: {exc}", file=sys.stderr)
         return 2
-    refusal = _ops_manager_check(requests, args.ops_manager_selector, args.all)
+    refusal = _ops_manager_check(
+        requests, args.ops_manager_selector, args.all, args.allow_with_kubedb_ops_manager
+    )
     if refusal is not None:
         print(f"python -m rotation.bridge: {refusal}", file=sys.stderr)
         return 2

@@ -1,6 +1,9 @@
 """The bridge's Kubernetes side (official client): MSSQLServerOpsRequests of every namespace or of
 one, their annotations, finalizer and status, the databases they name, Events, and whether KubeDB's own
-ops-manager is installed. API errors become the project's (rotation/kube.py's ``call``)."""
+ops-manager is installed. API errors become the project's (rotation/kube.py's ``call``).
+
+It writes only requests the bridge owns (type RotateAuth, annotated for it or taken with --all): RBAC
+cannot say that (a request's name is chosen by whoever applies it), so every write checks it here."""
 
 from __future__ import annotations
 
@@ -11,11 +14,14 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from rotation import constants as c
+from rotation.errors import PermanentError
 from rotation.kube import REQUEST_TIMEOUT, Json, Kube, api_client, call
+from rotation.ops_request import EXECUTOR, EXECUTOR_ANNOTATION, is_ours, request_of
 
-# How to tell that KubeDB's ops-manager is installed (kubedb/installer, charts/kubedb-ops-manager):
-# its pods carry the chart's selector label, and it serves the ops validating webhook as an APIService
-# of this name. Either one is enough to refuse --all.
+# How to tell that KubeDB's ops-manager is installed (kubedb/installer): the webhook server installed
+# with it registers the ops webhooks as APIServices of these names (charts/kubedb-webhook-server,
+# apiregistration.yaml), read by name in every mode; its pods carry the chart's selector label
+# (charts/kubedb-ops-manager), looked for cluster-wide only with --all. Either one is enough to refuse.
 OPS_MANAGER_SELECTOR: Final = "app.kubernetes.io/name=kubedb-ops-manager"
 OPS_MANAGER_APISERVICES: Final = ("v1alpha1.validators.ops.kubedb.com", "v1alpha1.mutators.ops.kubedb.com")
 OPS_KIND: Final = "MSSQLServerOpsRequest"
@@ -25,9 +31,14 @@ class Stale(Exception):
     """The request changed (or went) since the version acted on: act on its newer version instead."""
 
 
+class NotOurs(PermanentError):
+    """A write to a request this bridge does not own was refused before it was sent."""
+
+
 class OpsRequests:
-    def __init__(self, namespace: str | None) -> None:
+    def __init__(self, namespace: str | None, *, take_all: bool = False) -> None:
         self.namespace = namespace  # None: every namespace
+        self.take_all = take_all  # which requests the bridge owns (rotation/ops_request.py's is_ours)
         self.api = api_client()
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
@@ -108,6 +119,15 @@ class OpsRequests:
 
     def _patch(self, request: Json, verb: str, fn: Callable[..., Any], body: Json) -> Json:
         meta = request["metadata"]
+        owned = request_of(request)
+        if not is_ours(owned, self.take_all):
+            which = "RotateAuth requests" + (
+                "" if self.take_all else f" annotated {EXECUTOR_ANNOTATION}: {EXECUTOR}"
+            )
+            raise NotOurs(
+                f"refused to {verb} {OPS_KIND} {owned.ref}: this bridge writes only {which}, and this "
+                f"one (type {owned.type!r}) is not one; nothing was written"
+            )
         patched = call(
             f"{verb} {OPS_KIND} {meta['namespace']}/{meta['name']}",
             fn,
@@ -141,14 +161,17 @@ class OpsRequests:
             request, reason, message, warning=warning
         )
 
-    def ops_manager_evidence(self, selector: str) -> list[str]:
-        """What shows that KubeDB's ops-manager is installed: its pods, its webhook APIServices."""
-        pods = call(
-            "list pods in every namespace (to find KubeDB's ops-manager)",
-            self.core.list_pod_for_all_namespaces,
-            label_selector=selector,
-        ).items
-        found = [f"pod {p.metadata.namespace}/{p.metadata.name}" for p in pods]
+    def ops_manager_evidence(self, pod_selector: str | None) -> list[str]:
+        """What shows that KubeDB's ops-manager is installed: its webhook APIServices and, given a
+        selector, its pods in any namespace (a cluster-wide list: only --all asks for it)."""
+        found: list[str] = []
+        if pod_selector is not None:
+            pods = call(
+                "list pods in every namespace (to find KubeDB's ops-manager)",
+                self.core.list_pod_for_all_namespaces,
+                label_selector=pod_selector,
+            ).items
+            found += [f"pod {p.metadata.namespace}/{p.metadata.name}" for p in pods]
         registration = client.ApiregistrationV1Api(self.api)
         for name in OPS_MANAGER_APISERVICES:
             service = call(

@@ -4,8 +4,9 @@
 
 POINT is a task name of the flow (the process dies right after that task completes for the first
 time: a step boundary), ``mid-set`` (dies after the first replica's ALTER LOGIN committed, before
-the next replica's) or ``mid-commit`` (dies after the secret's commit write, before the MSSQLServer's
-spec.authSecret is updated). The flow itself is unchanged; only this driver wraps what it calls.
+the next replica's) or ``mid-commit`` (dies after the secret's commit write, before the commit's
+second half: the switch of spec.authSecret to a user's secret, and the Event). The flow itself is
+unchanged; only this driver wraps what it calls.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 from typing import Any
 
 import flows.rotate_auth as flow_module
+import tasks.commit as commit_module
 import tasks.set_password as set_password_module
-from rotation.kube import Kube
 
 STEP_TASKS = {
     "inspect-database": "inspect_database",
@@ -58,8 +59,8 @@ def arm(point: str) -> None:
         die_after(set_password_module, "change_password")
         return
     if point == "mid-commit":
-        # The commit's second half begins with this patch; the first call to it in a run is there.
-        setattr(Kube, "patch_database_auth_secret", die)  # noqa: B010
+        # The commit's second half; the first call to it in a run follows the secret's write.
+        setattr(commit_module, "_point_database_at", die)  # noqa: B010
         return
     name = STEP_TASKS[point]
     task = getattr(flow_module, name)

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 import pytest
 
 from flows.rotate_auth import rotate_mssql_auth
-from rotation.errors import PermanentError
+from rotation.errors import PermanentError, StepTimeout
 from rotation.report import RotationReport
 from sandbox.cluster import Database, Sandbox
 from sandbox.faultproxy import FaultProxy
 from tests.e2e.conftest import DatabaseFactory
 from tests.fault_matrix import proves
-from tests.support import assert_rotated, assert_untouched, event_reasons, terminated_pods
+from tests.support import assert_rotated, assert_untouched, event_reasons, is_paused, terminated_pods
 
 URLLIB3_DEFAULT_RETRIES = 3  # urllib3's Retry.DEFAULT, which the kubernetes client keeps
 
@@ -145,6 +145,33 @@ def test_an_eviction_throttled_for_too_long_falls_back_to_deleting_the_pod(
     assert retries.of("evict-pod") == 0  # a refused eviction is an answer, not an error
     assert terminated_pods(db) == [first, f"{db.name}-2", f"{db.name}-0"]
     assert event_reasons(db).count("DeletePod") == 1
+
+
+@proves(
+    fault="evictions throttled with 429 with no disruption budget named, of a pod that a "
+    "PodDisruptionBudget selects",
+    where="Kubernetes API: every eviction of the first secondary pod (budget maxUnavailable 1)",
+    outcome="never deleted: the budgets are listed before the fallback and the one that selects the pod "
+    "keeps it; the step fails after its timeout naming the budget; the new password stays committed",
+)
+def test_a_throttled_eviction_of_a_pod_a_budget_selects_never_falls_back_to_deleting_it(
+    make_database: DatabaseFactory, proxy: FaultProxy
+) -> None:
+    db = make_database(replicas=3, pdb={"maxUnavailable": 1})
+    first = f"{db.name}-1"
+    eviction = f"/namespaces/{db.namespace}/pods/{first}/eviction$"
+    proxy.add_fault("POST", eviction, times=1000, status=429)
+
+    with pytest.raises(
+        StepTimeout, match=f"PodDisruptionBudget {db.namespace}/{db.name} .*No pod was deleted"
+    ):
+        rotate_mssql_auth(namespace=db.namespace, database=db.name, timeout="10s")
+
+    assert proxy.hits("GET", f"/namespaces/{db.namespace}/poddisruptionbudgets$") >= 1
+    assert proxy.hits("DELETE", f"/namespaces/{db.namespace}/pods/{first}$") == 0
+    assert terminated_pods(db) == []
+    assert "DeletePod" not in event_reasons(db)
+    assert not is_paused(db)
 
 
 @proves(

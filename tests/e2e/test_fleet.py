@@ -194,8 +194,10 @@ def test_a_dry_run_plans_and_reports_but_changes_nothing(sandbox: Sandbox, fleet
     "the due database alone",
 )
 def test_recovery_finishes_interrupted_rotations_and_only_those(
-    sandbox: Sandbox, fleet_namespace: str
+    sandbox: Sandbox, fleet_namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The recovering run watches the dead run's 3 s Lease for the longer of that and its own lease.
+    monkeypatch.setenv("MSSQL_AUTH_ROTATION_LEASE_SECONDS", "3")
     ns = fleet_namespace
     crashed = sandbox.create_database(ns, "crashed", replicas=3)
     due = _make(sandbox, ns, "due")

@@ -7,6 +7,7 @@ REST API (filtered by the request's idempotency key: one run per request attempt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from tests.fault_matrix import proves
 from tests.support import assert_rotated, is_paused
 
 BRIDGE_YAML = PROJECT_DIR / "deployments" / "bridge.yaml"
+BRIDGE_ALL_YAML = PROJECT_DIR / "deployments" / "bridge-all.yaml"
 EXAMPLE = PROJECT_DIR / "deployments" / "examples" / "rotate-auth.yaml"
 REQUEST_TIMEOUT_S = 150.0
 Json = dict[str, Any]
@@ -599,7 +601,64 @@ def test_the_bridge_outlives_api_server_restarts_and_expired_watches(
     assert_rotated(db, original)
 
 
-# -- --all ---------------------------------------------------------------------------------------------
+# -- KubeDB's ops-manager, and --all ---------------------------------------------------------------------
+OPS_VALIDATOR = "v1alpha1.validators.ops.kubedb.com"  # the APIService KubeDB's webhook server registers
+
+
+@contextlib.contextmanager
+def ops_manager_apiservice(sandbox: Sandbox) -> Iterator[None]:
+    """KubeDB's ops webhooks as the API server sees them: the APIService, registered (here served
+    locally, nothing behind it), removed afterwards."""
+    registration = client.ApiregistrationV1Api(sandbox.api)
+    registration.create_api_service(
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": OPS_VALIDATOR},
+            "spec": {
+                "group": "validators.ops.kubedb.com",
+                "version": "v1alpha1",
+                "groupPriorityMinimum": 10000,
+                "versionPriority": 15,
+            },
+        }
+    )
+    try:
+        yield
+    finally:
+        registration.delete_api_service(OPS_VALIDATOR)
+
+
+@proves(
+    fault="the bridge is started (without --all) on a cluster where KubeDB's ops-manager runs",
+    where="the cluster: KubeDB's ops webhook APIService registered",
+    outcome="it refuses to start (exit 2) naming the evidence, the double execution it would cause, what "
+    "to do instead and the override; started with --allow-with-kubedb-ops-manager it warns and carries "
+    "out an annotated request",
+)
+def test_the_bridge_refuses_to_start_next_to_kubedbs_ops_manager_unless_told_to_take_the_risk(
+    stack: PrefectStack, sandbox: Sandbox, make_database: DatabaseFactory, bridges: StartBridge
+) -> None:
+    db = make_database(replicas=1)
+    original = db.secret_data()["password"]
+    with ops_manager_apiservice(sandbox):
+        refused = bridges("--namespace", db.namespace)
+        assert refused.proc.wait(timeout=60) == 2
+        said = refused.log.read_text()
+        assert f"KubeDB's ops-manager is installed (APIService {OPS_VALIDATOR})" in said
+        assert "the requests annotated mssql-auth-rotation/executor: prefect would run twice" in said
+        assert "'From kubectl'" in said and "--allow-with-kubedb-ops-manager" in said
+
+        allowed = bridges("--namespace", db.namespace, "--allow-with-kubedb-ops-manager")
+        request = apply(db)
+        done = wait_phase(db, request["metadata"]["name"], "Successful", "Failed")
+
+    assert allowed.proc.poll() is None
+    assert "starting anyway (--allow-with-kubedb-ops-manager)" in allowed.log.read_text()
+    assert phase(done) == "Successful"
+    assert_rotated(db, original)
+
+
 def test_all_takes_unannotated_requests_and_is_refused_where_kubedbs_ops_manager_runs(
     stack: PrefectStack,
     sandbox: Sandbox,
@@ -629,7 +688,36 @@ def test_all_takes_unannotated_requests_and_is_refused_where_kubedbs_ops_manager
         sandbox.core.delete_namespaced_pod("kubedb-ops-manager-0", db.namespace, grace_period_seconds=0)
     said = refused.log.read_text()
     assert f"KubeDB's ops-manager is installed (pod {db.namespace}/kubedb-ops-manager-0)" in said
-    assert "mssql-auth-rotation/executor: prefect" in said
+    assert "every RotateAuth request would run twice" in said
+
+
+def test_only_all_lists_pods_in_every_namespace(
+    stack: PrefectStack, sandbox: Sandbox, bridges: StartBridge, tmp_path: Path
+) -> None:
+    """Without --all the bridge looks for the ops-manager by its APIServices alone (get by name);
+    the cluster-wide list of pods is asked for only by --all (deployments/bridge-all.yaml grants it)."""
+    proxy = sandbox.fault_proxy()
+    try:
+        kubeconfig = proxy.kubeconfig(tmp_path / "kubeconfig", sandbox.control_plane.admin_token)
+        ops_path = f"/apis/{c.OPS_GROUP}/{c.OPS_VERSION}/{c.OPS_PLURAL}$"
+        seen: dict[str, tuple[int, int]] = {}
+        for mode in ((), ("--all",)):
+            before = proxy.hits("GET", ops_path)
+            bridge = bridges(*mode, kubeconfig=kubeconfig)
+            sandbox.wait_for(
+                lambda before=before: proxy.hits("GET", ops_path) > before,
+                "the bridge to list requests",
+            )
+            seen[" ".join(mode) or "annotated"] = (
+                proxy.hits("GET", "^/api/v1/pods$"),
+                proxy.hits("GET", f"^/apis/apiregistration.k8s.io/v1/apiservices/{OPS_VALIDATOR}$"),
+            )
+            stack.stop_process(bridge.proc)
+    finally:
+        proxy.stop()
+
+    assert seen["annotated"] == (0, 1)
+    assert seen["--all"] == (1, 2)
 
 
 # -- deployments/bridge.yaml ---------------------------------------------------------------------------
@@ -640,6 +728,8 @@ def test_the_bridge_manifests_are_accepted_and_its_identity_reaches_no_secret_or
     for doc in docs:
         if doc["kind"] in ("ConfigMap", "Deployment"):
             create(sandbox.api, doc, dry_run=True)  # server-side validation, nothing stored
+    for doc in load(BRIDGE_ALL_YAML):  # only for --all: not applied here
+        create(sandbox.api, doc, dry_run=True)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
     [container] = pod["containers"]
@@ -660,6 +750,8 @@ def test_the_bridge_manifests_are_accepted_and_its_identity_reaches_no_secret_or
                 {"metadata": {"labels": {"x": "y"}}},
             ),
             lambda: core.delete_namespaced_pod(db.pods[0], db.namespace),
+            lambda: core.list_pod_for_all_namespaces(limit=1),  # only bridge-all.yaml grants it
+            lambda: core.list_namespaced_pod(db.namespace, limit=1),
             lambda: custom.create_namespaced_custom_object(
                 c.OPS_GROUP, c.OPS_VERSION, db.namespace, c.OPS_PLURAL, {"metadata": {"name": "x"}}
             ),

@@ -67,7 +67,8 @@ HOSTILE = {
     "command": "sh -c 'cat /var/run/secrets/kubernetes.io/serviceaccount/token'",
     "service_account_name": "default",
     "namespace": NAMESPACE,
-    "env": {"PYTHONPATH": "/tmp/planted"},
+    # A run may not grant itself what the operator did not (rotation/operator_settings.py).
+    "env": {"PYTHONPATH": "/tmp/planted", "MSSQL_AUTH_ROTATION_ALLOW_TRUST_SERVER_CERTIFICATE": "true"},
 }
 
 Manifest = dict[str, Any]
@@ -84,8 +85,11 @@ def one(docs: list[Manifest], kind: str, name: str | None = None) -> Manifest:
 
 
 def create(api: client.ApiClient, doc: Manifest, *, dry_run: bool = False) -> None:
-    """Create one manifest as-is; an existing Namespace or ServiceAccount is fine, anything else is not."""
+    """Create one manifest as-is; an existing Namespace, ServiceAccount or Lease is fine (as for
+    ``kubectl apply``: the grant's Lease has no spec, so applying it again changes nothing), anything
+    else is not."""
     core, roles, apps = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.AppsV1Api(api)
+    leases = client.CoordinationV1Api(api)
     ns = doc["metadata"].get("namespace")
     creators: dict[str, Callable[..., Any]] = {
         "Namespace": lambda **kw: core.create_namespace(doc, **kw),
@@ -96,12 +100,13 @@ def create(api: client.ApiClient, doc: Manifest, *, dry_run: bool = False) -> No
         "Role": lambda **kw: roles.create_namespaced_role(ns, doc, **kw),
         "RoleBinding": lambda **kw: roles.create_namespaced_role_binding(ns, doc, **kw),
         "Deployment": lambda **kw: apps.create_namespaced_deployment(ns, doc, **kw),
+        "Lease": lambda **kw: leases.create_namespaced_lease(ns, doc, **kw),
     }
     assert doc["kind"] in creators, f"this test does not know how to create a {doc['kind']}"
     try:
         creators[doc["kind"]](**({"dry_run": "All"} if dry_run else {}))
     except ApiException as exc:
-        if not (exc.status == 409 and doc["kind"] in ("Namespace", "ServiceAccount")):
+        if not (exc.status == 409 and doc["kind"] in ("Namespace", "ServiceAccount", "Lease")):
             raise
 
 
@@ -203,7 +208,7 @@ def test_no_rule_grants_a_wildcard_and_secrets_are_granted_only_by_name() -> Non
     for path in sorted(DEPLOYMENTS.glob("*.yaml")):
         docs = load(path)
         cluster_wide = [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-        assert path.name == "bridge.yaml" or not cluster_wide, path.name
+        assert path.name in ("bridge.yaml", "bridge-all.yaml") or not cluster_wide, path.name
         for role in (d for d in docs if d["kind"] == "ClusterRole"):
             for rule in role["rules"]:
                 writes = {(r, v) for r in rule["resources"] for v in rule["verbs"]}
@@ -247,7 +252,10 @@ def test_the_generated_grant_names_the_database_its_replicas_and_its_secrets(
     assert by_verb[("pods", "delete")] == by_verb[("pods/eviction", "create")] == pods
     assert by_verb[("petsets", "update")] == by_verb[("mssqlservers", "patch")] == {DATABASE}
     assert by_verb[("mssqlservers/status", "patch")] == {DATABASE}
-    assert by_verb[("leases", "delete")] == {lock_name(DATABASE)}
+    assert by_verb[("leases", "update")] == {lock_name(DATABASE)}
+    assert ("leases", "create") not in by_verb and ("leases", "delete") not in by_verb
+    lease = one(rbac_docs, "Lease")
+    assert lease["metadata"]["name"] == lock_name(DATABASE) and "spec" not in lease
     assert by_verb[("secrets", "get")] == {AUTH_SECRET, USER_SECRET, TLS_SECRET}
     assert by_verb[("secrets", "update")] == {AUTH_SECRET, USER_SECRET}
 
@@ -284,6 +292,11 @@ def test_a_rotation_succeeds_with_only_the_generated_grant(database: Database) -
     assert not is_paused(database)
     assert database.get()["status"]["phase"] == "Ready"
     assert lock_name(DATABASE) not in database.sandbox.coordination_leases(NAMESPACE)
+    # Released by clearing its holder: the Lease of the grant stays for the next run.
+    lease = client.CoordinationV1Api(database.sandbox.api).read_namespaced_lease(
+        lock_name(DATABASE), NAMESPACE
+    )
+    assert lease.spec.holder_identity is None and lease.metadata.annotations
 
 
 @pytest.mark.usefixtures("as_identity")
@@ -315,6 +328,25 @@ def test_the_listed_user_secret_becomes_the_auth_secret(database: Database) -> N
         assert logs_in(database, pod, chosen), pod
         assert not logs_in(database, pod, old), pod
     assert not is_paused(database)
+
+
+@pytest.mark.usefixtures("as_identity")
+def test_without_the_lease_of_the_grant_the_run_is_refused_saying_what_to_apply(
+    database: Database, rbac_docs: list[Manifest]
+) -> None:
+    """The identity may not create Leases: the lock comes with the grant (`python -m rotation rbac`)."""
+    leases = client.CoordinationV1Api(database.sandbox.api)
+    leases.delete_namespaced_lease(lock_name(DATABASE), NAMESPACE)
+    before = database.secret_data()
+    try:
+        with pytest.raises(PermanentError, match=r"may not create it \(403\).*python -m rotation rbac"):
+            rotate_mssql_auth(namespace=NAMESPACE, database=DATABASE)
+        assert database.secret_data() == before
+        assert not is_paused(database)
+    finally:
+        create(database.sandbox.api, one(rbac_docs, "Lease"))
+    lease = leases.read_namespaced_lease(lock_name(DATABASE), NAMESPACE)
+    assert lease.spec is None or not lease.spec.holder_identity
 
 
 # -- everything else is refused --------------------------------------------------------------------
@@ -457,6 +489,15 @@ FORBIDDEN: dict[str, Callable[[Identity], object]] = {
     "delete the Lease of another database": lambda i: i.coordination.delete_namespaced_lease(
         lock_name(OTHER), NAMESPACE
     ),
+    "delete its own database's Lease": lambda i: i.coordination.delete_namespaced_lease(
+        lock_name(DATABASE), NAMESPACE
+    ),
+    "create a Lease (a squatter's lock for another database)": lambda i: (
+        i.coordination.create_namespaced_lease(
+            NAMESPACE,
+            {"metadata": {"name": lock_name("mssql-next")}, "spec": {"holderIdentity": "squatter"}},
+        )
+    ),
 }
 
 
@@ -497,6 +538,161 @@ def test_the_identity_may_do_what_the_generated_grant_names(identity: Identity, 
         ALLOWED[attempt](identity)
     except ApiException as exc:
         assert exc.status == 404, f"{attempt}: {exc.status} {exc.reason}"
+
+
+# -- a generated-password grant: no write that could change a pod template (issue 20, item 4) ------
+# A second database and a second ServiceAccount, bound by `python -m rotation rbac` WITHOUT --user-secret.
+GENERATED_NS, GENERATED_DB, GENERATED_SA = (
+    "demo-generated",
+    "mssql-generated",
+    "mssql-auth-rotation-generated",
+)
+
+
+@pytest.fixture(scope="module")
+def generated_database(sandbox: Sandbox) -> Database:
+    return sandbox.create_database(GENERATED_NS, GENERATED_DB, replicas=REPLICAS)
+
+
+@pytest.fixture(scope="module")
+def generated_kubeconfig(sandbox: Sandbox, generated_database: Database) -> Path:
+    grant = rbac.grant(GENERATED_NS, GENERATED_DB, REPLICAS, service_account=GENERATED_SA)
+    path = sandbox.service_account_kubeconfig(IDENTITY, GENERATED_SA)
+    for doc in rbac.documents(grant):
+        create(sandbox.api, doc)
+    api = config.new_client_from_config(str(path))
+    try:
+        core, deadline = client.CoreV1Api(api), time.monotonic() + GRANT_WAIT_S
+        while True:  # the Role and its binding must have reached the authorizer
+            try:
+                core.read_namespaced_secret(f"{GENERATED_DB}-auth", GENERATED_NS)
+                break
+            except ApiException as exc:
+                if exc.status != 403 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        api.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def generated_identity(generated_kubeconfig: Path) -> Iterator[client.CustomObjectsApi]:
+    api = config.new_client_from_config(str(generated_kubeconfig))
+    try:
+        yield client.CustomObjectsApi(api)
+    finally:
+        api.close()
+
+
+def test_a_generated_password_rotation_succeeds_without_any_write_to_the_database_or_petset(
+    generated_database: Database, generated_kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Role has no patch of the MSSQLServer and no update of the PetSet (asserted first): any
+    attempt by the run would have failed it with 403."""
+    role = rbac.role(rbac.grant(GENERATED_NS, GENERATED_DB, REPLICAS, service_account=GENERATED_SA))
+    verbs = {
+        (resource, verb)
+        for rule in role["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        if resource in ("mssqlservers", "petsets")
+    }
+    read_only = {("mssqlservers", "get"), ("mssqlservers", "watch"), ("mssqlservers", "list")}
+    assert verbs == read_only | {("petsets", "get")}
+    old = generated_database.secret_data()["password"]
+    monkeypatch.setenv("KUBECONFIG", str(generated_kubeconfig))
+
+    report = rotate_mssql_auth(namespace=GENERATED_NS, database=GENERATED_DB)
+
+    assert report.outcome == "Successful"
+    new = generated_database.secret_data()["password"]
+    assert new != old
+    for pod in generated_database.pods:
+        assert logs_in(generated_database, pod, new), pod
+        assert not logs_in(generated_database, pod, old), pod
+    assert generated_database.get()["spec"]["authSecret"]["name"] == f"{GENERATED_DB}-auth"
+
+
+def _planted_pod_template(secret: str) -> dict[str, Any]:
+    """A pod template that mounts a Secret the identity may not read, and runs as another account."""
+    return {
+        "spec": {
+            "serviceAccountName": "default",
+            "volumes": [{"name": "planted", "secret": {"secretName": secret}}],
+        }
+    }
+
+
+def _update_petset_template(custom: client.CustomObjectsApi) -> object:
+    petset = custom.get_namespaced_custom_object(
+        c.PETSET_GROUP, c.PETSET_VERSION, GENERATED_NS, c.PETSET_PLURAL, GENERATED_DB
+    )
+    petset["spec"]["template"]["spec"].update(_planted_pod_template(UNLISTED_SECRET)["spec"])
+    return custom.replace_namespaced_custom_object(
+        c.PETSET_GROUP,
+        c.PETSET_VERSION,
+        GENERATED_NS,
+        c.PETSET_PLURAL,
+        GENERATED_DB,
+        petset,
+    )
+
+
+POD_TEMPLATE_EDITS: dict[str, Callable[[client.CustomObjectsApi], object]] = {
+    "patch the MSSQLServer's spec.podTemplate": lambda custom: custom.patch_namespaced_custom_object(
+        c.DB_GROUP,
+        c.DB_VERSION,
+        GENERATED_NS,
+        c.DB_PLURAL,
+        GENERATED_DB,
+        {"spec": {"podTemplate": _planted_pod_template(UNLISTED_SECRET)}},
+    ),
+    "patch the MSSQLServer's spec.authSecret": lambda custom: custom.patch_namespaced_custom_object(
+        c.DB_GROUP,
+        c.DB_VERSION,
+        GENERATED_NS,
+        c.DB_PLURAL,
+        GENERATED_DB,
+        {"spec": {"authSecret": {"name": UNLISTED_SECRET}}},
+    ),
+    "update the PetSet's pod template": _update_petset_template,
+}
+
+
+@pytest.mark.parametrize("edit", list(POD_TEMPLATE_EDITS))
+def test_the_generated_password_identity_cannot_edit_a_pod_template(
+    generated_identity: client.CustomObjectsApi, generated_database: Database, edit: str
+) -> None:
+    before = generated_database.get()["metadata"]["generation"]
+
+    with pytest.raises(ApiException) as refused:
+        POD_TEMPLATE_EDITS[edit](generated_identity)
+
+    assert refused.value.status == 403, refused.value.reason
+    assert f"system:serviceaccount:{IDENTITY}:{GENERATED_SA}" in str(refused.value.body)
+    assert generated_database.get()["metadata"]["generation"] == before
+
+
+def test_the_user_secret_identity_could_edit_the_petset_template_which_the_admission_policy_is_for(
+    kubeconfig: Path,
+) -> None:
+    """The grant with --user-secret keeps update of the PetSet (the switch needs it). RBAC cannot
+    narrow it: a server-side dry run of the same edit is allowed (nothing is stored). On Kubernetes
+    1.30+, deployments/validating-admission-policy.yaml refuses it; this 1.20 server has no such
+    policies, so that layer is checked as data only (tests/unit/test_rbac_admission_policy.py)."""
+    api = config.new_client_from_config(str(kubeconfig))
+    try:
+        custom = client.CustomObjectsApi(api)
+        petset = custom.get_namespaced_custom_object(
+            c.PETSET_GROUP, c.PETSET_VERSION, NAMESPACE, c.PETSET_PLURAL, DATABASE
+        )
+        petset["spec"]["template"]["spec"]["serviceAccountName"] = "default"
+        custom.replace_namespaced_custom_object(
+            c.PETSET_GROUP, c.PETSET_VERSION, NAMESPACE, c.PETSET_PLURAL, DATABASE, petset, dry_run="All"
+        )
+    finally:
+        api.close()
 
 
 # -- the kubernetes work pool's base job template --------------------------------------------------
@@ -558,6 +754,8 @@ def assert_locked(job: Manifest) -> None:
     assert container["image"] == FIXED_IMAGE
     assert container["args"] == FIXED_ARGS and "command" not in container
     assert "PYTHONPATH" not in {env["name"] for env in container["env"]}
+    trust = [e for e in container["env"] if e["name"] == "MSSQL_AUTH_ROTATION_ALLOW_TRUST_SERVER_CERTIFICATE"]
+    assert trust == [{"name": "MSSQL_AUTH_ROTATION_ALLOW_TRUST_SERVER_CERTIFICATE", "value": "false"}]
 
 
 def test_the_pool_template_fixes_image_command_namespace_and_service_account(stack: PrefectStack) -> None:

@@ -18,10 +18,13 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.rotate_auth import rotate_mssql_auth
 from rotation.errors import DatabaseBusy, InvalidRequest, RotationError, RotationInProgress, TlsRefused
+from rotation.operator_settings import ALLOW_TRUST_SERVER_CERTIFICATE
 from rotation.params import TlsVerify
 from sandbox.cluster import Database, Sandbox
 from sandbox.faultproxy import FaultProxy
+from sandbox.prefect_stack import PrefectStack
 from tests.e2e.conftest import DatabaseFactory
+from tests.e2e.test_deployments import wait_for_runs
 from tests.fault_matrix import proves
 from tests.support import (
     assert_rotated,
@@ -137,8 +140,9 @@ def test_a_database_that_forces_encryption_is_rotated(make_database: DatabaseFac
     "TrustServerCertificate (explicit) it is rotated encrypted and the report says NOT verified",
 )
 def test_without_a_ca_to_trust_the_run_fails_closed_unless_told_to_trust_the_server(
-    make_database: DatabaseFactory,
+    make_database: DatabaseFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(ALLOW_TRUST_SERVER_CERTIFICATE, "true")  # the operator allows the choice
     db = make_database(replicas=1, tls=False)
     original = db.secret_data()["password"]
 
@@ -154,6 +158,69 @@ def test_without_a_ca_to_trust_the_run_fails_closed_unless_told_to_trust_the_ser
     assert report.outcome == "Successful" and _every_login_and_batch_encrypted(db)
     assert "NOT verified (tls_verify=TrustServerCertificate)" in _artifact(db)
     assert_rotated(db, original)
+
+
+@proves(
+    fault="a run asks for tls_verify=TrustServerCertificate where the operator has not allowed it "
+    "(unset, false, or a value other than true)",
+    where="the run's parameters (whoever reaches the Prefect API picks them)",
+    outcome="refused before any SQL Server connection or Kubernetes read of its objects, naming "
+    "MSSQL_AUTH_ROTATION_ALLOW_TRUST_SERVER_CERTIFICATE and where an operator sets it; nothing changes",
+)
+@pytest.mark.parametrize("setting", [None, "false", "yes"])
+def test_trusting_any_certificate_is_refused_unless_the_operator_allows_it(
+    make_database: DatabaseFactory,
+    proxy: FaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str | None,
+) -> None:
+    db = make_database(replicas=1)  # spec.tls: the choice would otherwise connect, unverified
+    original = db.secret_data()["password"]
+    logins = {pod: len(_logins(db, pod)) for pod in db.pods}
+    if setting is None:
+        monkeypatch.delenv(ALLOW_TRUST_SERVER_CERTIFICATE, raising=False)
+    else:
+        monkeypatch.setenv(ALLOW_TRUST_SERVER_CERTIFICATE, setting)
+
+    with pytest.raises(InvalidRequest) as refused:
+        rotate_mssql_auth(
+            namespace=db.namespace, database=db.name, tls_verify=TlsVerify.TRUST_SERVER_CERTIFICATE
+        )
+
+    message = str(refused.value)
+    assert message.startswith(f"MSSQLServer {db.namespace}/{db.name}: tls_verify=TrustServerCertificate")
+    assert f"{ALLOW_TRUST_SERVER_CERTIFICATE}=true in the environment of the worker" in message
+    # Only the failure's report (the MSSQLServer read for its Warning Event) reached the API server.
+    assert proxy.hits("*", r"/(secrets|pods|leases|petsets|mssqlserveropsrequests)\b") == 0
+    assert proxy.hits("PATCH", "/") == proxy.hits("PUT", "/") == 0
+    assert {pod: len(_logins(db, pod)) for pod in db.pods} == logins
+    assert_untouched(db, original)
+
+
+@proves(
+    fault="a user of the Prefect API starts the manual deployment with tls_verify=TrustServerCertificate; "
+    "the worker's operator has not allowed it",
+    where="the Prefect REST API (POST /deployments/{id}/create_flow_run) and the worker",
+    outcome="the run fails in inspect-database naming the operator's setting; no replica saw a login, "
+    "nothing changed",
+)
+def test_an_api_user_cannot_switch_certificate_checks_off(
+    stack: PrefectStack, make_database: DatabaseFactory
+) -> None:
+    assert stack.env()[ALLOW_TRUST_SERVER_CERTIFICATE] == "false"  # the worker's environment
+    db = make_database(replicas=1)
+    original = db.secret_data()["password"]
+    logins = {pod: len(_logins(db, pod)) for pod in db.pods}
+    [manual] = [d for d in stack.api("POST", "/deployments/filter", {}) if d["name"] == "manual"]
+    parameters = {"namespace": db.namespace, "database": db.name, "tls_verify": "TrustServerCertificate"}
+
+    run = stack.api("POST", f"/deployments/{manual['id']}/create_flow_run", {"parameters": parameters})
+    [ended] = wait_for_runs(stack, [run["id"]]).values()
+
+    assert ended["state_type"] == "FAILED"
+    assert ALLOW_TRUST_SERVER_CERTIFICATE in ended["state"]["message"], ended["state"]["message"]
+    assert {pod: len(_logins(db, pod)) for pod in db.pods} == logins
+    assert_untouched(db, original)
 
 
 def test_a_ca_bundle_the_user_names_is_what_is_trusted(make_database: DatabaseFactory) -> None:
@@ -185,26 +252,22 @@ def test_a_ca_bundle_the_user_names_is_what_is_trusted(make_database: DatabaseFa
     outcome="the next run rotates (it is not a silent no-op reported as Successful)",
 )
 def test_a_lapsed_lease_of_a_finished_run_does_not_turn_the_next_rotation_into_a_no_op(
-    make_database: DatabaseFactory,
+    make_database: DatabaseFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("MSSQL_AUTH_ROTATION_LEASE_SECONDS", "3")  # the lease is watched this long
     db = make_database(replicas=1)
     rotate_mssql_auth(namespace=db.namespace, database=db.name)
     rotated = db.secret_data()["password"]
     secret = db.sandbox.core.read_namespaced_secret(f"{db.name}-auth", db.namespace)
     finished_run = secret.metadata.annotations["mssql-auth-rotation.kubedb.com/rotated-by"]
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    client.CoordinationV1Api(db.sandbox.api).create_namespaced_lease(
-        db.namespace,
-        client.V1Lease(
-            metadata=client.V1ObjectMeta(name=f"{db.name}-rotate-auth"),
-            spec=client.V1LeaseSpec(
-                holder_identity=finished_run,
-                lease_duration_seconds=3,
-                acquire_time=long_ago,
-                renew_time=long_ago,
-            ),
-        ),
+    # As if its release had not happened: the Lease (which stays, released) still names that run.
+    leases = client.CoordinationV1Api(db.sandbox.api)
+    lease = leases.read_namespaced_lease(f"{db.name}-rotate-auth", db.namespace)
+    lease.spec = client.V1LeaseSpec(
+        holder_identity=finished_run, lease_duration_seconds=3, acquire_time=long_ago, renew_time=long_ago
     )
+    leases.replace_namespaced_lease(lease.metadata.name, db.namespace, lease)
 
     report = rotate_mssql_auth(namespace=db.namespace, database=db.name)
 

@@ -9,7 +9,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PURE = ["passwords", "tsql", "durations", "params", "plan", "report", "errors", "constants", "tls", "rbac"]
+PURE = [
+    "passwords",
+    "tsql",
+    "durations",
+    "params",
+    "plan",
+    "report",
+    "errors",
+    "constants",
+    "tls",
+    "rbac",
+    "operator_settings",
+    "selectors",
+]
 IO_LIBRARIES = {"kubernetes", "pymssql", "prefect", "urllib3", "socket", "subprocess"}
 
 

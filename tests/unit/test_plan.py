@@ -22,6 +22,7 @@ from rotation.plan import (
     our_pause,
     pause_holder,
     pause_message,
+    pause_of_another,
     pauses,
     role_of,
     roles_settled,
@@ -287,6 +288,18 @@ def test_a_pause_of_another_operation_is_foreign_whether_requested_or_in_effect(
         assert our_pause(db, RUN) == ours
     assert foreign_pause({"status": {"conditions": [ours]}}) is None
     assert our_pause({"status": {"conditions": [ours]}}, "prefect-flow-run/other") is None
+
+
+def test_any_pause_but_this_runs_is_another_operation_beside_it() -> None:
+    ours = {"type": "Paused", "status": "True", "message": pause_message(RUN)}
+    another_run = {"type": "Paused", "status": "Unknown", "message": pause_message("prefect-flow-run/other")}
+    theirs = {"type": "Paused", "status": "True", "message": "MSSQLServerOpsRequest x is in process"}
+    resumed = {"type": "Paused", "status": "False", "message": "MSSQLServerOpsRequest y is in process"}
+
+    assert pause_of_another({"status": {"conditions": [ours, resumed]}}, RUN) is None
+    assert pause_of_another({"status": {"conditions": [ours, theirs]}}, RUN) == theirs
+    assert pause_of_another({"status": {"conditions": [ours, another_run]}}, RUN) == another_run
+    assert foreign_pause({"status": {"conditions": [ours, another_run]}}) is None  # why it is stricter
 
 
 # --- KubeDB ops requests and unsupported secrets -------------------------------------------------

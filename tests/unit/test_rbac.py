@@ -56,12 +56,30 @@ def _constants(call: ast.Call) -> dict[str, str]:
     return found
 
 
+# A request the client has no class for, sent with Kube._get_json(path): a GET of a whole
+# ``/apis/<group>/<version>/namespaces/<namespace>/<resource>``, i.e. a list.
+_RAW_PATH = re.compile(r"/apis/(?P<group>[a-z0-9.]+)/[^/]+/namespaces/[^/]+/(?P<resource>[a-z]+)$")
+
+
+def _raw_calls(call: ast.Call) -> set[Triple]:
+    args = list(call.args)
+    for index, arg in enumerate(args[:-1]):
+        if isinstance(arg, ast.Attribute) and arg.attr == "_get_json":
+            path = args[index + 1]
+            text = path.value if isinstance(path, ast.Constant) else ast.unparse(path)[2:-1]
+            match = _RAW_PATH.search(str(text))
+            assert match, f"teach this test {ast.unparse(call)}"
+            return {(match["group"], match["resource"], "list")}
+    return set()
+
+
 def kube_calls() -> set[Triple]:
     """Every (group, resource, verb) that rotation/kube.py sends, read from its source."""
     calls: set[Triple] = set()
     for call in (n for n in ast.walk(ast.parse(KUBE.read_text())) if isinstance(n, ast.Call)):
         methods = [m for m in map(_api_method, [call.func, *call.args]) if m is not None]
         watches = isinstance(call.func, ast.Attribute) and call.func.attr == "_watch_until"
+        calls |= _raw_calls(call)
         for api, method in methods:
             prefix, _, rest = method.partition("_namespaced_")
             assert prefix in VERBS and rest, f"rotation/kube.py calls {method}: teach this test its verb"
@@ -98,15 +116,19 @@ def example() -> rbac.Grant:
 
 # -- what is granted ---------------------------------------------------------------------------------
 OPS_REQUEST_CALLS = {(c.OPS_GROUP, c.OPS_PLURAL, "get"), (c.OPS_GROUP, f"{c.OPS_PLURAL}/status", "patch")}
+# kube.py can create the Lease (for an admin identity, the sandbox), but the grant creates it instead:
+# a create cannot be limited by name, and would let a squatter pre-create another database's lock.
+LEASE_CREATE = ("coordination.k8s.io", "leases", "create")
 
 
 def test_the_grant_is_exactly_the_api_calls_of_kube_py(example: rbac.Grant) -> None:
     calls = kube_calls()
 
     assert len(calls) >= 15, calls  # the parser found the adapter's verbs
-    assert set(granted(example)) == calls - OPS_REQUEST_CALLS
+    assert LEASE_CREATE in calls
+    assert set(granted(example)) == calls - OPS_REQUEST_CALLS - {LEASE_CREATE}
     with_ops = rbac.grant(NS, DB, 3, user_secrets=["mssql-demo-new-auth"], ops_requests=True)
-    assert set(granted(with_ops)) == calls
+    assert set(granted(with_ops)) == calls - {LEASE_CREATE}
 
 
 def test_the_ops_request_status_is_granted_only_when_asked() -> None:
@@ -114,6 +136,34 @@ def test_the_ops_request_status_is_granted_only_when_asked() -> None:
     assert set(granted(with_ops)) >= OPS_REQUEST_CALLS
     assert not OPS_REQUEST_CALLS & set(granted(rbac.grant(NS, DB, 3)))
     assert with_ops.command.endswith("--ops-requests")
+
+
+# The writes that could change a pod template (a pod mounting any Secret, running as any ServiceAccount).
+POD_TEMPLATE_WRITES = {(c.DB_GROUP, c.DB_PLURAL, "patch"), (c.PETSET_GROUP, c.PETSET_PLURAL, "update")}
+
+
+def test_without_a_user_secret_the_database_and_its_petset_are_only_read() -> None:
+    generated = rbac.grant(NS, DB, 3)
+    names = granted(generated)
+
+    assert not POD_TEMPLATE_WRITES & set(names)
+    assert set(names) == kube_calls() - OPS_REQUEST_CALLS - POD_TEMPLATE_WRITES - {LEASE_CREATE}
+    assert names[(c.DB_GROUP, c.DB_PLURAL, "get")] == names[(c.PETSET_GROUP, c.PETSET_PLURAL, "get")] == {DB}
+    assert names[(c.DB_GROUP, f"{c.DB_PLURAL}/status", "patch")] == {DB}  # the pause
+    assert "validating-admission-policy.yaml" not in " ".join(r.why for r in generated.rules)
+
+
+def test_a_user_secret_adds_the_switch_writes_by_name_saying_what_they_allow(example: rbac.Grant) -> None:
+    names = granted(example)
+
+    for key in POD_TEMPLATE_WRITES:
+        assert names[key] == {DB}, key
+    switch = [r for r in example.rules if set(r.verbs) & {"patch", "update"} and r.group != ""]
+    switch = [r for r in switch if r.resources[0] in (c.DB_PLURAL, c.PETSET_PLURAL)]
+    assert len(switch) == 2
+    for rule in switch:
+        assert rule.why.startswith("Only with --user-secret")
+        assert "pod template" in rule.why and "deployments/validating-admission-policy.yaml" in rule.why
 
 
 def test_only_what_cannot_be_named_is_granted_namespace_wide(example: rbac.Grant) -> None:
@@ -125,7 +175,7 @@ def test_only_what_cannot_be_named_is_granted_namespace_wide(example: rbac.Grant
         ("", "pods", "list"),  # by label selector
         ("", "pods", "watch"),
         ("", "events", "create"),  # generateName
-        ("coordination.k8s.io", "leases", "create"),
+        ("policy", "poddisruptionbudgets", "list"),  # before the eviction fallback deletes a pod
     }
     for rule in example.rules:
         if not rule.names:
@@ -143,8 +193,22 @@ def test_named_objects_are_derived_from_the_database(example: rbac.Grant) -> Non
     assert names[(c.PETSET_GROUP, c.PETSET_PLURAL, "update")] == {DB}
     assert names[("", "pods", "get")] == names[("", "pods", "delete")] == pods
     assert names[("", "pods/eviction", "create")] == pods
-    for verb in ("get", "update", "delete"):
+    assert {verb for (_, resource, verb) in names if resource == "leases"} == {"get", "update"}
+    for verb in ("get", "update"):
         assert names[("coordination.k8s.io", "leases", verb)] == {lock_name(DB)}
+
+
+def test_the_grant_creates_the_lock_with_no_holder_so_the_role_needs_no_create_on_leases(
+    example: rbac.Grant,
+) -> None:
+    role, binding, lease = rbac.documents(example)
+
+    assert (role["kind"], binding["kind"], lease["kind"]) == ("Role", "RoleBinding", "Lease")
+    assert lease["apiVersion"] == "coordination.k8s.io/v1"
+    assert (lease["metadata"]["name"], lease["metadata"]["namespace"]) == (lock_name(DB), NS)
+    # No spec at all: `kubectl apply` of the grant again must not clear a running rotation's holder.
+    assert "spec" not in lease
+    assert LEASE_CREATE not in granted(example)
 
 
 @pytest.mark.parametrize("replicas", [1, 2, 5])
@@ -177,7 +241,7 @@ def test_tls_secrets_replace_the_default_and_names_are_listed_once() -> None:
 
 def test_the_role_and_binding_are_in_the_database_namespace_for_the_service_account() -> None:
     g = rbac.grant(NS, DB, 3, service_account="rotator", service_account_namespace="ops")
-    role, binding = rbac.documents(g)
+    role, binding, _ = rbac.documents(g)
 
     assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
     for doc in (role, binding):

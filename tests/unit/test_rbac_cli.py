@@ -27,13 +27,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_it_prints_a_role_and_a_role_binding_as_yaml() -> None:
+def test_it_prints_a_role_a_role_binding_and_the_lock_as_yaml() -> None:
     done = run(*BASE, "--user-secret", "a", "--user-secret", "b", "--tls-secret", "ca")
 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
-    role, binding = yaml.safe_load_all(done.stdout)
-    assert (role["kind"], binding["kind"]) == ("Role", "RoleBinding")
+    role, binding, lease = yaml.safe_load_all(done.stdout)
+    assert (role["kind"], binding["kind"], lease["kind"]) == ("Role", "RoleBinding", "Lease")
+    assert lease["metadata"] == lease["metadata"] | {"name": "mssql-demo-rotate-auth", "namespace": "demo"}
+    assert "spec" not in lease  # no holder
     secrets = {r["verbs"][0]: set(r["resourceNames"]) for r in role["rules"] if r["resources"] == ["secrets"]}
     assert secrets == {"get": {"mssql-demo-auth", "a", "b", "ca"}, "update": {"mssql-demo-auth", "a", "b"}}
 

@@ -25,11 +25,11 @@ IPV4_HOSTS_PER_BLOCK = 250  # 127.o.b.2 .. 127.o.b.251
 
 
 class AddressPlan:
-    def __init__(self, family: str, ipv4_port: int) -> None:
+    def __init__(self, family: str, ipv4_port: int, octet: int | None = None) -> None:
         self.family = family
         self.ipv4_port = ipv4_port
         self._lock = threading.Lock()
-        self._octet = 16 + secrets.randbelow(224)
+        self._octet = octet if octet is not None else 16 + secrets.randbelow(224)
         self._next_ipv4 = 0
         self._next_port = IPV6_PORT_FLOOR + secrets.randbelow(IPV6_PORT_SPAN)
         self._hosts: dict[PodKey, str] = {}  # pod -> last host handed out

@@ -122,7 +122,8 @@ class Sandbox:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.control_plane = ControlPlane()
-        self.fleet = SqlFleet(AddressPlan(self.settings.ip_family, self.settings.sql_port))
+        plan = AddressPlan(self.settings.ip_family, self.settings.sql_port, self.settings.ipv4_octet)
+        self.fleet = SqlFleet(plan)
         self.timeline = Timeline()
         self._watchers: list[ResourceWatcher] = []
         self._kubelet: PetSetKubelet | None = None

@@ -24,6 +24,9 @@ class Settings:
     new_ip_per_restart: bool = True
     """runtime: each start of a pod's container gets a fresh address (IPv4: a new loopback IP;
     IPv6: a new port, declared in the new pod's spec). False: a pod name keeps its first address."""
+    ipv4_octet: int | None = None
+    """start: the second octet of every IPv4 pod address (127.<octet>.x.y), 16..239; None: random.
+    Parallel test workers each get their own, so their sandboxes never share an address."""
     ip_family: str = "ipv4"
     """start: "ipv4" (a loopback IP per pod, port 1433) or "ipv6" (every pod on ::1, a port each)."""
     role_election_delay: float = 0.3
@@ -36,5 +39,7 @@ class Settings:
     to its own instance. False: Ready whenever its SQL Server runs."""
 
     def __post_init__(self) -> None:
+        if self.ipv4_octet is not None and not 16 <= self.ipv4_octet <= 239:
+            raise ValueError(f"ipv4_octet must be from 16 to 239, not {self.ipv4_octet!r}")
         if self.ip_family not in IP_FAMILIES:
             raise ValueError(f"ip_family must be one of {IP_FAMILIES}, not {self.ip_family!r}")

@@ -1,8 +1,8 @@
 """Fixtures shared by the integration and end-to-end suites: one sandbox per test session.
 
 Also the suite's guard against leaked secrets: everything tests capture (stdout, stderr, logs) is
-kept for tests/e2e/test_no_leaks.py, which runs last; and any password the sandbox knows is
-blanked out of failure reports before pytest prints them.
+kept for the leak checks of tests/e2e/test_no_leaks.py, which run when the session ends; and any
+password the sandbox knows is blanked out of failure reports before pytest prints them.
 """
 
 from __future__ import annotations
@@ -18,12 +18,6 @@ from sandbox.cluster import Sandbox, Settings
 
 CAPTURED: list[str] = []  # what every test printed or logged, for the leak check
 _RUNNING: list[Sandbox] = []  # the session's sandbox once it exists
-LAST = "test_no_leaks.py"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The leak check reads what every other test left behind, so it runs after all of them."""
-    items.sort(key=lambda item: item.path.name == LAST)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -41,6 +35,13 @@ def pytest_runtest_makereport(
     return report
 
 
+def _worker_octet() -> int | None:
+    """Under pytest-xdist (make test runs the suite in parallel workers gw0, gw1, ...), an IPv4 octet
+    of the worker's own for its sandbox's pods; None (random) in a single process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return 100 + int(worker.removeprefix("gw")) if worker.startswith("gw") else None
+
+
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
     """A real kube-apiserver with the emulated KubeDB; KUBECONFIG points at it for the session."""
@@ -48,7 +49,8 @@ def sandbox() -> Iterator[Sandbox]:
     # Pods stop and start in 0.1 s rather than the sandbox's 0.2 / 0.3 s: what the tests check does
     # not depend on how long a restart takes (they wait for conditions), and the suite restarts
     # pods hundreds of times.
-    with Sandbox(Settings(pod_stop_delay=0.1, pod_start_delay=0.1)) as running:
+    settings = Settings(pod_stop_delay=0.1, pod_start_delay=0.1, ipv4_octet=_worker_octet())
+    with Sandbox(settings) as running:
         os.environ["KUBECONFIG"] = str(running.kubeconfig)
         _RUNNING.append(running)
         try:

@@ -65,7 +65,7 @@ def render(rows: list[Row]) -> str:
         "What was injected, where, what came out, and the test that proves it. Generated from the",
         "tests' `@proves(...)` declarations by `python -m tests.fault_matrix --write`;",
         "`tests/unit/test_reliability_doc.py` fails when this file and the tests disagree.",
-        "Every row is a test that runs in CI.",
+        "Every row is a test that runs in CI (the two leak checks run when each test session ends).",
         "",
         "| Fault | Where it is injected | Expected outcome | Test |",
         "|---|---|---|---|",

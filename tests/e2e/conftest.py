@@ -41,6 +41,17 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def leak_checks(sandbox: Sandbox, prefect_api: None) -> Iterator[None]:
+    """After the session's last end-to-end test (in each parallel worker: each has its own sandbox
+    and Prefect server), no password anywhere and no ALTER LOGIN outside TLS (test_no_leaks.py)."""
+    yield
+    from tests.e2e import test_no_leaks
+
+    test_no_leaks.check_no_alter_login_ever_reached_a_sql_instance_outside_tls(sandbox)
+    test_no_leaks.check_no_password_appears_in_anything_the_session_captured(sandbox)
+
+
 @pytest.fixture
 def make_database(sandbox: Sandbox) -> DatabaseFactory:
     """Create a Ready database in a namespace of its own."""

@@ -457,14 +457,17 @@ class Kube:
         return sorted((pod_view(pod) for pod in pods), key=lambda pod: pod.name)
 
     def read_pod(self, name: str) -> PodView | None:
-        pod = call(
+        pod = self._read_pod(name)
+        return None if pod is None else pod_view(pod)
+
+    def _read_pod(self, name: str) -> client.V1Pod | None:
+        return call(
             f"read {self._where('Pod', name)}",
             self.core.read_namespaced_pod,
             name,
             self.namespace,
             answers={404: None},
         )
-        return None if pod is None else pod_view(pod)
 
     def evict_pod(self, name: str, uid: str) -> Eviction | EvictionRefused:
         """Ask for an eviction of exactly this pod (its UID is a precondition)."""
@@ -492,13 +495,7 @@ class Kube:
 
         Through policy/v1, else policy/v1beta1 (the only one an API server before 1.21 serves, 404
         on v1). A pod that is gone is selected by none."""
-        pod = call(
-            f"read {self._where('Pod', name)}",
-            self.core.read_namespaced_pod,
-            name,
-            self.namespace,
-            answers={404: None},
-        )
+        pod = self._read_pod(name)
         if pod is None:
             return []
         return budgets_selecting(self._list_budgets(), pod.metadata.labels or {})

@@ -24,6 +24,7 @@ import functools
 import socket
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -143,6 +144,46 @@ def accept_tls(sock: socket.socket, transport: PlainTransport, context: ssl.SSLC
     Raises ssl.SSLError when the client aborts the handshake (e.g. it does not trust the
     certificate: it sends an alert) and tds.ProtocolError when it closes or sends something else.
     """
+
+    def send(flight: bytes) -> None:
+        size = HANDSHAKE_PACKET_SIZE
+        transport.sendall(b"".join(tds.encode_packets(tds.PacketType.PRELOGIN, flight, packet_size=size)))
+
+    def receive() -> bytes:
+        header_bytes = recv_exact(transport, tds.HEADER_SIZE, eof_ok=False)
+        assert header_bytes is not None
+        header = tds.parse_header(header_bytes)
+        if header.type != tds.PacketType.PRELOGIN:
+            raise tds.ProtocolError(f"expected a TLS handshake packet, got packet type 0x{header.type:02x}")
+        body = recv_exact(transport, header.length - tds.HEADER_SIZE, eof_ok=False)
+        assert body is not None
+        return body
+
+    return _handshake(sock, context, send, receive)
+
+
+def accept_strict_tls(sock: socket.socket, context: ssl.SSLContext) -> TlsTransport:
+    """Run the server side of a TDS 8.0 handshake: TLS records straight on the socket, before any TDS.
+
+    Raises ssl.SSLError when the client aborts the handshake and tds.ProtocolError when it closes.
+    """
+
+    def receive() -> bytes:
+        raw = sock.recv(RECV_CHUNK)
+        if not raw:
+            raise tds.ProtocolError("connection closed inside the TLS handshake")
+        return raw
+
+    return _handshake(sock, context, sock.sendall, receive)
+
+
+def _handshake(
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    send: Callable[[bytes], object],
+    receive: Callable[[], bytes],
+) -> TlsTransport:
+    """The server side of a TLS handshake whose records travel through ``send`` and ``receive``."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = context.wrap_bio(incoming, outgoing, server_side=True)
     received = 0
@@ -156,52 +197,14 @@ def accept_tls(sock: socket.socket, transport: PlainTransport, context: ssl.SSLC
             # Whatever TLS produced goes out even when the handshake failed (an alert for the client).
             flight = outgoing.read()
             if flight:
-                size = HANDSHAKE_PACKET_SIZE
-                transport.sendall(
-                    b"".join(tds.encode_packets(tds.PacketType.PRELOGIN, flight, packet_size=size))
-                )
+                send(flight)
         if done:
             return TlsTransport(sock, tls, incoming, outgoing)
-        header_bytes = recv_exact(transport, tds.HEADER_SIZE, eof_ok=False)
-        assert header_bytes is not None
-        header = tds.parse_header(header_bytes)
-        if header.type != tds.PacketType.PRELOGIN:
-            raise tds.ProtocolError(f"expected a TLS handshake packet, got packet type 0x{header.type:02x}")
-        body = recv_exact(transport, header.length - tds.HEADER_SIZE, eof_ok=False)
-        assert body is not None
-        received += len(body)
+        data = receive()
+        received += len(data)
         if received > MAX_HANDSHAKE_BYTES:
             raise tds.ProtocolError("TLS handshake too large")
-        incoming.write(body)
-
-
-def accept_strict_tls(sock: socket.socket, context: ssl.SSLContext) -> TlsTransport:
-    """Run the server side of a TDS 8.0 handshake: TLS records straight on the socket, before any TDS.
-
-    Raises ssl.SSLError when the client aborts the handshake and tds.ProtocolError when it closes.
-    """
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = context.wrap_bio(incoming, outgoing, server_side=True)
-    received = 0
-    while True:
-        try:
-            tls.do_handshake()
-            done = True
-        except ssl.SSLWantReadError:
-            done = False
-        finally:
-            flight = outgoing.read()  # an alert too, when the handshake failed
-            if flight:
-                sock.sendall(flight)
-        if done:
-            return TlsTransport(sock, tls, incoming, outgoing)
-        raw = sock.recv(RECV_CHUNK)
-        if not raw:
-            raise tds.ProtocolError("connection closed inside the TLS handshake")
-        received += len(raw)
-        if received > MAX_HANDSHAKE_BYTES:
-            raise tds.ProtocolError("TLS handshake too large")
-        incoming.write(raw)
+        incoming.write(data)
 
 
 @functools.lru_cache(maxsize=64)

@@ -146,24 +146,33 @@ def kubeconfig(sandbox: Sandbox, database: Database, rbac_docs: list[Manifest]) 
     """A token kubeconfig for the manifests' ServiceAccount, once its grants are in force."""
     account = one(rbac_docs, "ServiceAccount")["metadata"]
     path = sandbox.service_account_kubeconfig(account["namespace"], account["name"])
-    api = config.new_client_from_config(str(path))
+
+    def reads(api: client.ApiClient) -> None:
+        client.CoreV1Api(api).read_namespaced_secret(AUTH_SECRET, NAMESPACE)
+        client.CustomObjectsApi(api).get_namespaced_custom_object(
+            c.DB_GROUP, c.DB_VERSION, NAMESPACE, c.DB_PLURAL, DATABASE
+        )
+
+    wait_for_grant(path, reads)
+    return path
+
+
+def wait_for_grant(kubeconfig: Path, reads: Callable[[client.ApiClient], object]) -> None:
+    """Until ``reads`` (calls the grant allows) stop getting 403: a new Role and its binding take a
+    moment to reach the authorizer."""
+    api = config.new_client_from_config(str(kubeconfig))
     try:
-        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         deadline = time.monotonic() + GRANT_WAIT_S
-        while True:  # the generated Role and its binding must have reached the authorizer
+        while True:
             try:
-                core.read_namespaced_secret(AUTH_SECRET, NAMESPACE)
-                custom.get_namespaced_custom_object(
-                    c.DB_GROUP, c.DB_VERSION, NAMESPACE, c.DB_PLURAL, DATABASE
-                )
-                break
+                reads(api)
+                return
             except ApiException as exc:
                 if exc.status != 403 or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
     finally:
         api.close()
-    return path
 
 
 @dataclass(frozen=True)
@@ -560,19 +569,9 @@ def generated_kubeconfig(sandbox: Sandbox, generated_database: Database) -> Path
     path = sandbox.service_account_kubeconfig(IDENTITY, GENERATED_SA)
     for doc in rbac.documents(grant):
         create(sandbox.api, doc)
-    api = config.new_client_from_config(str(path))
-    try:
-        core, deadline = client.CoreV1Api(api), time.monotonic() + GRANT_WAIT_S
-        while True:  # the Role and its binding must have reached the authorizer
-            try:
-                core.read_namespaced_secret(f"{GENERATED_DB}-auth", GENERATED_NS)
-                break
-            except ApiException as exc:
-                if exc.status != 403 or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-    finally:
-        api.close()
+    wait_for_grant(
+        path, lambda api: client.CoreV1Api(api).read_namespaced_secret(f"{GENERATED_DB}-auth", GENERATED_NS)
+    )
     return path
 
 

@@ -11,12 +11,16 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from typing import cast
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from pydantic import ValidationError
 
+from rotation.cancellation import raise_if_stopping
 from rotation.errors import InvalidRequest, RotationError
+from rotation.events import RotationEvent, emit
 from rotation.params import (
     Apply,
     ApplyPolicy,
@@ -34,6 +38,8 @@ from rotation.params import (
 )
 from rotation.plan import Stage, Target
 from rotation.report import Condition, ConditionLog, RotationReport, StepName
+from rotation.rerun import as_rerun
+from tasks.aftermath import after_rotation_stopped
 from tasks.check import check_rotation
 from tasks.commit import check_before_commit, commit_secret, update_petsets
 from tasks.inspect import confirm_due, inspect_database
@@ -58,6 +64,10 @@ RUN_NAME = "rotate-auth {namespace}/{database}"
     # The database in the run's name: the UI's lists show it, and events about the run (a crash)
     # carry it, so automations can act on that database (prefect.yaml's recovery trigger).
     flow_run_name=RUN_NAME,
+    # Where the flow's own `finally` cannot run (its process was killed, or cancelled past the grace
+    # period), the process that supervised it releases what it left, when that is safe.
+    on_crashed=[after_rotation_stopped],
+    on_cancellation=[after_rotation_stopped],
 )
 def rotate_mssql_auth(
     namespace: Namespace,
@@ -108,7 +118,12 @@ def rotate_mssql_auth(
         finish_only=finish_only,
         ops_request=ops_request,
     )
+    # Run again under the same id (a drained pod's run rescheduled): finish, never rotate twice.
+    request, rerun = as_rerun(request, flow_run.get_run_count())
     conditions = ConditionLog(on_change=_mirror(request))
+    if rerun is not None:
+        get_run_logger().warning("%s/%s: %s", request.namespace, request.database, rerun)
+        conditions.add("RotateAuth", rerun)
     secret_in_use: str | None = None
     target: Target | None = None
     try:
@@ -122,18 +137,26 @@ def rotate_mssql_auth(
                     # Under the lock, again: another run may have just done it.
                     skip = confirm_due(request, target) if request.conditional else None
                     if skip is None:
-                        secret_in_use = _rotate(target, request.auth_secret, _checked(conditions, keeper))
+                        _emit(RotationEvent.STARTED, request, stage=target.stage.value)
+                        step = _checked(conditions, keeper, target.ref)
+                        secret_in_use = _rotate(target, request.auth_secret, step)
             finally:
                 release_lock(target)
     except Exception as exc:
         conditions.add("Failed", str(exc))
         _report(request, target, conditions, "Failed", secret_in_use, failure=str(exc))
+        _emit(RotationEvent.FAILED, request, error=str(exc), step=_last_step(conditions))
         raise
     if skip is not None:
         conditions.add("Skipped", f"Nothing to do: {skip}")
-        return _report(request, target, conditions, "Skipped", None)
+        report = _report(request, target, conditions, "Skipped", None)
+        # A state named Skipped (a kind of Completed): the UI shows the run did nothing, and why.
+        # Prefect hands a caller the state's data, the report.
+        return cast(RotationReport, Completed(name="Skipped", message=f"Nothing to do: {skip}", data=report))
     conditions.add("Successful", _success_message(target))
-    return _report(request, target, conditions, "Successful", secret_in_use)
+    report = _report(request, target, conditions, "Successful", secret_in_use)
+    _emit(RotationEvent.SUCCEEDED, request, message=_success_message(target))
+    return report
 
 
 def _validated(**parameters: object) -> RotationRequest:
@@ -180,16 +203,34 @@ def _restart_pods(target: Target, step: Step) -> None:
 Step = Callable[[str, str], AbstractContextManager[StepName]]
 
 
-def _checked(conditions: ConditionLog, keeper: LockKeeper) -> Step:
-    """A KubeDB condition around each step, which first makes sure this run still holds the lock."""
+def _checked(conditions: ConditionLog, keeper: LockKeeper, ref: str) -> Step:
+    """A KubeDB condition around each step, which first makes sure this run still holds the lock,
+    and that its process is not being stopped (then it stops here: rollback or resume follow)."""
 
     @contextlib.contextmanager
     def step(type_: str, message: str) -> Iterator[StepName]:
         with conditions.step(type_, message) as name:
+            raise_if_stopping(ref, type_)
             keeper.fence()
             yield name
 
     return step
+
+
+def _last_step(conditions: ConditionLog) -> str | None:
+    steps = [cond.type for cond in conditions.conditions if cond.type != "Failed"]
+    return steps[-1] if steps else None
+
+
+def _emit(what: RotationEvent, request: RotationRequest, **payload: object) -> None:
+    emit(
+        what,
+        request.namespace,
+        request.database,
+        run_id=str(flow_run.get_id() or "") or None,
+        run_name=flow_run.get_name(),
+        **payload,
+    )
 
 
 def _success_message(target: Target) -> str:
@@ -208,19 +249,29 @@ def _update_credentials(target: Target, user_secret: str | None) -> str:
         return commit_secret(target, None)  # its second half may be missing
     source = stage_new_password(target, user_secret)
     try:
+        raise_if_stopping(target.ref, "setting the new password")
         set_password_on_replicas(target)
         verify_logins(target)
         check_before_commit(target)  # another operation now: roll back rather than commit
-    except Exception as failure:
+        raise_if_stopping(target.ref, "committing the new password")  # stopping: roll back instead
+    except BaseException as failure:  # a SIGTERM too (Prefect's TerminationSignal): roll back first
         _roll_back(target, failure)
         raise
     return commit_secret(target, source)
 
 
-def _roll_back(target: Target, failure: Exception) -> None:
+def _roll_back(target: Target, failure: BaseException) -> None:
     """Put the old password back; if even that fails, say how the next run recovers."""
     try:
         roll_back_password(target)
+        emit(
+            RotationEvent.ROLLED_BACK,
+            target.namespace,
+            target.database,
+            run_id=str(flow_run.get_id() or "") or None,
+            run_name=flow_run.get_name(),
+            reason=str(failure),
+        )
     except Exception as exc:
         raise RotationError(
             f"{failure} — and the rollback failed too ({exc}). The new password stays staged in Secret "

@@ -9,6 +9,7 @@ its short schedule, and the trigger on a crashed rotation, make the fleet heal i
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from typing import Annotated, Any, cast
@@ -19,16 +20,25 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture, as_completed
+from prefect.runtime import flow_run as prefect_flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_UI_URL, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows.rotate_auth import rotate_mssql_auth
+from rotation.cancellation import request_stop, stopping
 from rotation.durations import AGE_PATTERN, parse_duration
 from rotation.errors import InvalidRequest, RotationError, RotationInProgress
 from rotation.fleet import Decision, FleetMode, FleetOutcome, PlannedDatabase, fleet_markdown, plan
 from rotation.params import Apply, ApplyPolicy, Namespace, Timeout, TlsVerify, TlsVerifyMode
+from tasks.aftermath import after_fleet_stopped
 from tasks.fleet import CONCURRENCY_LIMIT, discover_databases, ensure_concurrency_limit
+
+# On SIGTERM (the run cancelled, its pod evicted) the rotations in flight get this long to stop at a
+# step boundary, roll back or resume, and unlock, before the fleet run gives up on them: well within
+# the 30 s a process worker waits before SIGKILL (and the Job's terminationGracePeriodSeconds).
+STOP_GRACE_S = 20.0
+SLOT_LEASE_S = 60.0  # how long a dead rotation keeps its slot of the shared limit (the server's minimum)
 
 Namespaces = Annotated[
     list[Namespace],
@@ -68,7 +78,16 @@ Mode = Annotated[
     ),
 ]
 Concurrency = Annotated[
-    int, Field(title="Concurrency", description="At most this many rotations at once.", ge=1, le=50)
+    int,
+    Field(
+        title="Concurrency",
+        description=(
+            "At most this many rotations at once in this run. The limit 'mssql-auth-rotation' that every "
+            "fleet run shares is created with this size when missing and never resized (prefect gcl update)."
+        ),
+        ge=1,
+        le=50,
+    ),
 ]
 DryRun = Annotated[bool, Field(title="Dry run", description="Plan and report only; change nothing.")]
 OneDatabase = Annotated[
@@ -82,6 +101,16 @@ OneDatabase = Annotated[
         max_length=600,
     ),
 ]
+
+
+def fleet_run_name() -> str:
+    """What the run covers, for the UI's lists: 'fleet rotate: demo, payments [team=a]'."""
+    p = prefect_flow_run.parameters
+    one = str(p.get("database") or "").split()  # 'rotate-auth ns/name' from the trigger: ns/name
+    scope = one[-1] if one else ", ".join(p.get("namespaces") or []) or "every namespace"
+    selector = f" [{p['label_selector']}]" if p.get("label_selector") else ""
+    dry = " (dry run)" if p.get("dry_run") else ""
+    return f"fleet {p.get('mode', 'rotate')}{dry}: {scope}{selector}"
 
 
 class FleetReport(BaseModel):
@@ -99,7 +128,11 @@ class FleetReport(BaseModel):
     description="Rotate every MSSQLServer that is due (or finish interrupted rotations), each as its own "
     "rotate-mssql-auth run, under one concurrency limit shared by every fleet run.",
     validate_parameters=True,
-    flow_run_name="fleet-{mode}",
+    flow_run_name=fleet_run_name,
+    # Its rotations run in its process: when it dies without its `finally`, so do they; the process
+    # that supervised it releases what they left (tasks/aftermath.py).
+    on_crashed=[after_fleet_stopped],
+    on_cancellation=[after_fleet_stopped],
 )
 def rotate_mssql_fleet(
     namespaces: Namespaces = [],  # noqa: B006 (Prefect copies parameters; the UI needs a list default)
@@ -120,7 +153,9 @@ def rotate_mssql_fleet(
         label_selector: Only MSSQLServers with these labels; empty: all.
         max_age: A database is due when its credentials are this old; spec.authSecret.rotateAfter wins.
         mode: rotate (what is due, and what was interrupted) or recover (only interrupted rotations).
-        concurrency: At most this many rotations at once (all fleet runs together: the shared limit).
+        concurrency: At most this many rotations at once in this run. The limit 'mssql-auth-rotation'
+            that every fleet run shares is created with this size when missing and never resized
+            (prefect gcl update mssql-auth-rotation --limit N).
         dry_run: Plan and report only.
         database: Only this database (namespace/name); the recovery trigger passes a crashed run's name.
         timeout: Each rotation's timeout per step.
@@ -158,7 +193,8 @@ def _rotate(
     tls_verify: TlsVerify,
 ) -> list[FleetOutcome]:
     """Each due database as its own flow run; one database's failure never stops the others."""
-    ensure_concurrency_limit(slots)
+    if mode is FleetMode.ROTATE:  # recovery takes no slot (see rotate_database)
+        ensure_concurrency_limit(slots)
     due = [p for p in planned if p.decision.runs]
     outcomes = {p.ref: FleetOutcome(planned=p, outcome="") for p in planned if not p.decision.runs}
     progress = cast(
@@ -180,12 +216,20 @@ def _rotate(
             )
             for p in due
         ]
-        for done, future in enumerate(as_completed(futures), start=1):
-            outcome = future.result()
-            outcomes[outcome.planned.ref] = outcome
-            update_progress_artifact(
-                progress, progress=100.0 * done / len(due), description=f"{done} of {len(due)} done"
-            )
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                outcome = future.result()
+                outcomes[outcome.planned.ref] = outcome
+                update_progress_artifact(
+                    progress, progress=100.0 * done / len(due), description=f"{done} of {len(due)} done"
+                )
+        except BaseException:
+            # Prefect's SIGTERM reaches this (main) thread only; the rotations in the pool's threads
+            # would go on until the SIGKILL cut them off mid-step. Each stops at its next step
+            # instead (rolling back what is not committed), resumes and unlocks; none starts anew.
+            request_stop("its fleet run is being stopped (cancelled, or its process terminated)")
+            _wait_for(futures, STOP_GRACE_S)
+            raise
     if not due:
         update_progress_artifact(progress, progress=100.0, description="nothing to rotate")
     return [outcomes[p.ref] for p in planned]
@@ -212,8 +256,12 @@ def rotate_database(
     (measured: docs/performance.md). The fleet run keeps its own heartbeat; a child's liveness is its
     Kubernetes Lease, which recovery judges.
     """
+    if stopping():  # queued when the fleet run was told to stop: never started
+        return FleetOutcome(
+            planned=planned, outcome="Skipped", message="not started: the fleet run was stopped"
+        )
     with (
-        concurrency(CONCURRENCY_LIMIT, occupy=1, strict=True),
+        _slot(mode),
         temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         start = time.monotonic()
@@ -239,6 +287,34 @@ def rotate_database(
         )
     message = str(error) if isinstance(error, BaseException) else str(state.message)
     return FleetOutcome(planned=planned, outcome="Failed", message=message, seconds=seconds, run_url=url)
+
+
+def _slot(mode: FleetMode) -> contextlib.AbstractContextManager[object]:
+    """A slot of the limit every fleet run shares, for a rotation; none for recovery.
+
+    The limit only caps how many rotations run at once (each database's Lease already allows one at
+    a time). Recovery must not wait for it: the rotations of a fleet run that was killed keep their
+    slots until their slot lease expires (``SLOT_LEASE_S``, the shortest the server accepts, instead
+    of Prefect's 300 s; its repossessor then frees them within 15 s). And losing a slot's lease (the
+    Prefect API out for a few renewals) must never interrupt a rotation mid-step, so a failed renewal
+    is only logged (Prefect's default with ``strict`` would inject a cancellation into the rotation's
+    thread).
+    """
+    if mode is FleetMode.RECOVER:
+        return contextlib.nullcontext()
+    return concurrency(
+        CONCURRENCY_LIMIT,
+        occupy=1,
+        strict=True,
+        lease_duration=SLOT_LEASE_S,
+        raise_on_lease_renewal_failure=False,
+    )
+
+
+def _wait_for(futures: list[PrefectFuture[FleetOutcome]], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for future in futures:
+        future.wait(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _max_age_seconds(max_age: str) -> float:

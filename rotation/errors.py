@@ -54,3 +54,8 @@ class TlsRefused(PermanentError):
 class UnsafeEnvironment(PermanentError):
     """This process is set up to write what it sends to SQL Server somewhere (FreeTDS's debug log):
     no connection that could carry a password is opened."""
+
+
+class RotationCancelled(PermanentError):
+    """The process running the rotation is being stopped (its run was cancelled, or its pod is going
+    away): the run stopped at a step boundary, rolled back what was not committed, and resumed."""

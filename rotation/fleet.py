@@ -148,9 +148,17 @@ def plan(
         return decided(Decision.SKIPPED, "halted")
     if not facts.secret_found:
         return decided(Decision.SKIPPED, f"auth secret {facts.secret} does not exist")
-    if facts.lease_live:
-        return decided(Decision.SKIPPED, f"being rotated by {facts.lease_holder}")
     left = interrupted(facts)
+    if facts.lease_live:
+        if mode is FleetMode.RECOVER and left is not None:
+            # Its holder may be alive or may have just died (a fleet run killed with its rotations):
+            # the rotation watches the Lease and takes over only if nobody renews it.
+            return decided(
+                Decision.INTERRUPTED,
+                f"being rotated by {facts.lease_holder}, or interrupted ({left}); finished if its "
+                "Lease stops being renewed",
+            )
+        return decided(Decision.SKIPPED, f"being rotated by {facts.lease_holder}")
     if left is not None:
         return decided(Decision.INTERRUPTED, f"interrupted rotation: {left}; finished now")
     if mode is FleetMode.RECOVER:

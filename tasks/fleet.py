@@ -7,10 +7,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Final
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists
 
 from rotation.errors import InvalidRequest, PermanentError
 from rotation.fleet import DatabaseFacts
@@ -38,7 +38,7 @@ def discover_databases(namespaces: list[str], label_selector: str, database: str
         except PermanentError as exc:
             raise InvalidRequest(
                 f"{exc}. Name the namespaces to rotate (namespaces=[...]), or let the identity list "
-                "MSSQLServers in every namespace (`python -m rotation rbac-fleet`)"
+                "MSSQLServers in every namespace (`python -m rotation rbac-fleet --all-namespaces`)"
             ) from None
     ops: dict[str, tuple[dict[str, Any], ...]] = {}
     facts = []
@@ -64,7 +64,7 @@ def _unreadable(kube: Kube, db: dict[str, Any], error: PermanentError) -> Databa
         secret_found=False,
         unreadable=(
             f"cannot be read: {error}; grant it with python -m rotation rbac --namespace {kube.namespace} "
-            f"--database {name} --replicas N"
+            f"--database {name} --replicas N (with --fleet when the in-cluster fleet rotates it)"
         ),
     )
 
@@ -100,13 +100,28 @@ def _facts(kube: Kube, db: dict[str, Any], ops: tuple[dict[str, Any], ...]) -> D
 
 @task(name="ensure-concurrency-limit", **RETRYING)
 def ensure_concurrency_limit(limit: int) -> int:
-    """The shared limit, created with ``limit`` slots if missing; an existing one is left as the
-    operator set it (its current size is returned)."""
+    """The size of the shared limit: created with ``limit`` slots if missing, else left as it is.
+
+    Never resized: every fleet run shares it (a manual run with ``concurrency=1`` must not throttle
+    the schedule's), and an operator may have sized it on purpose. ``limit`` still caps this run's
+    own rotations; the log says when the shared limit is smaller or larger.
+    """
     with get_client(sync_client=True) as prefect:
         try:
-            return int(prefect.read_global_concurrency_limit_by_name(CONCURRENCY_LIMIT).limit)
-        except ObjectNotFound:
             prefect.create_global_concurrency_limit(
                 GlobalConcurrencyLimitCreate(name=CONCURRENCY_LIMIT, limit=limit, active=True)
             )
             return limit
+        except ObjectAlreadyExists:  # created earlier, or by a fleet run starting at the same moment
+            shared = int(prefect.read_global_concurrency_limit_by_name(CONCURRENCY_LIMIT).limit)
+    if shared != limit:
+        get_run_logger().info(
+            "The concurrency limit %r that every fleet run shares has %d slot(s); it stays so (this "
+            "run's concurrency=%d only caps its own rotations). To change it: "
+            "prefect gcl update %s --limit N",
+            CONCURRENCY_LIMIT,
+            shared,
+            limit,
+            CONCURRENCY_LIMIT,
+        )
+    return shared

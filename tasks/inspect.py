@@ -254,7 +254,8 @@ def inspect_database(request: RotationRequest, holder: str) -> Target:
     _check_own_request(kube, request)
     db = kube.get_database(request.database)
     _check_auth_secret_spec(request, db)
-    lapsed_lock = refuse_if_locked(kube, request.database, holder)
+    # Recovery (finish_only) watches even a fresh-looking Lease: its holder may have just died.
+    lapsed_lock = refuse_if_locked(kube, request.database, holder, patient=request.finish_only)
     secret_name = ((db.get("spec") or {}).get("authSecret") or {}).get("name") or f"{request.database}-auth"
     creds = read_credentials(kube, secret_name, purpose="the database's auth secret")
     paused_by = _left_pause(db, holder)

@@ -121,8 +121,12 @@ def lease_kube(namespace: str, lease_s: float) -> Kube:
     return Kube(namespace, lease_timeout=call_timeout(lease_s))
 
 
-def has_lapsed(kube: Kube, lease: client.V1Lease, ours: float) -> bool:
+def has_lapsed(kube: Kube, lease: client.V1Lease, ours: float, *, patient: bool = False) -> bool:
     """Whether another holder's lease (as last read) may be taken over.
+
+    A fresh-looking lease is refused at once, unless ``patient``: recovery watches it like any other,
+    because the run that holds it may have just died with its process (a fleet run SIGKILLed: its
+    rotations' Leases look fresh for up to a lease, and Prefect shows them Running for ever).
 
     Raises ``TransientError`` when the lease was released or deleted while it was watched: the
     caller starts again from a fresh read (a retried task).
@@ -130,7 +134,8 @@ def has_lapsed(kube: Kube, lease: client.V1Lease, ours: float) -> bool:
     holder = holder_of(lease)
     if holder is None:
         return True
-    if renewed_recently(lease, dt.datetime.now(dt.UTC), ours) and not holder_has_ended(holder):
+    fresh = renewed_recently(lease, dt.datetime.now(dt.UTC), ours) and not holder_has_ended(holder)
+    if fresh and not patient:
         return False  # fresh by the holder's own clock, and nothing says otherwise: refuse at once
     return not _changes_within(kube, lease, observe_seconds(lease, ours))
 
@@ -162,15 +167,18 @@ def _in_progress(ref: str, lease: client.V1Lease) -> RotationInProgress:
     )
 
 
-def refuse_if_locked(kube: Kube, database: str, holder: str) -> client.V1Lease | None:
-    """Fail, before anything changes, when another live run holds the database's lock.
+def refuse_if_locked(
+    kube: Kube, database: str, holder: str, *, patient: bool = False
+) -> client.V1Lease | None:
+    """Fail, before anything changes, when another live run holds the database's lock (``patient``:
+    after watching it renewed, see ``has_lapsed``).
 
     Returns a lease left behind by a run that is gone (watched, and judged lapsed), if there is one.
     """
     current = kube.read_lease(lock_name(database))
     if current is None or holder_of(current) in (None, holder):
         return None
-    if not has_lapsed(kube, current, lease_seconds()):
+    if not has_lapsed(kube, current, lease_seconds(), patient=patient):
         raise _in_progress(f"{kube.namespace}/{database}", current)
     return current
 
@@ -240,18 +248,31 @@ def acquire_lock(target: Target, seconds: int) -> float:
 @task(name="release-lock", **RETRYING)
 def release_lock(target: Target) -> None:
     """Clear the holder (the Lease stays: the identity may not create it again)."""
-    kube = lease_kube(target.namespace, lease_seconds())
-    current = kube.read_lease(target.lock_name)
-    if current is None or holder_of(current) != target.holder:
-        return
+    release_if_held_by(lease_kube(target.namespace, lease_seconds()), target.lock_name, target.holder)
+
+
+def release_if_held_by(kube: Kube, name: str, holder: str) -> bool:
+    """Clear the Lease's holder if it is ``holder``; whether it was."""
+    current = kube.read_lease(name)
+    if current is None or holder_of(current) != holder:
+        return False
     current.spec.holder_identity = None
     current.spec.renew_time = _micro_now()
     if kube.replace_lease(current) is None:
-        raise TransientError(f"{target.ref}: the lock changed while this run released it; reading it again")
+        raise TransientError(
+            f"Lease {kube.namespace}/{name} changed while it was being released; reading it again"
+        )
+    return True
 
 
 _KEEPERS: dict[tuple[str, str, str], LockKeeper] = {}
 _KEEPERS_LOCK = threading.Lock()
+
+
+def held_here(namespace: str, lease: str, holder: str) -> bool:
+    """Whether a keeper in this process still holds that lock: its run is alive, here."""
+    with _KEEPERS_LOCK:
+        return (namespace, lease, holder) in _KEEPERS
 
 
 def check_lock(target: Target) -> None:

@@ -21,6 +21,7 @@ from typing import Final
 
 from prefect import get_run_logger, task
 
+from rotation.cancellation import raise_if_stopping
 from rotation.credentials import read_credentials
 from rotation.errors import StepTimeout, TransientError
 from rotation.kube import Eviction, EvictionRefused, Kube
@@ -70,7 +71,7 @@ def get_next_pod(target: Target, pending: list[str]) -> Replica:
     return chosen
 
 
-@task(name="evict-pod", **RETRYING)
+@task(name="evict-pod", task_run_name="evict-pod {replica.pod}", **RETRYING)
 def evict_pod(target: Target, replica: Replica) -> None:
     kube = Kube(target.namespace)
     confirm_held(kube, target, then=ROLL_FORWARD)
@@ -128,7 +129,7 @@ def _refused_by_budget(target: Target, replica: Replica, refusal: EvictionRefuse
     )
 
 
-@task(name="check-pod-running", **RETRYING)
+@task(name="check-pod-running", task_run_name="check-pod-running {replica.pod}", **RETRYING)
 def check_pod_running(target: Target, replica: Replica) -> Replica:
     """Wait (watch) until a new pod of that name is Ready and accepts the new password."""
     kube = Kube(target.namespace)
@@ -139,8 +140,12 @@ def check_pod_running(target: Target, replica: Replica) -> Replica:
             pod is not None and pod.uid != replica.uid and not pod.terminating and bool(pod.ip) and pod.ready
         )
 
+    def still_ours() -> None:  # while waiting: the lock, and whether this process is being stopped
+        check_lock(target)
+        raise_if_stopping(target.ref, f"{replica.pod} was back")
+
     try:
-        pod = kube.wait_for_pod(replica.pod, replaced_and_ready, deadline, guard=lambda: check_lock(target))
+        pod = kube.wait_for_pod(replica.pod, replaced_and_ready, deadline, guard=still_ours)
     except TimeoutError:
         raise StepTimeout(
             f"pod {target.namespace}/{replica.pod} was not back and Ready "

@@ -129,10 +129,20 @@ def test_recovery_leaves_due_databases_alone() -> None:
     assert planned.decision is Decision.NOT_DUE and planned.reason == "nothing to recover"
 
 
-def test_a_rotation_in_progress_is_not_recovered_while_its_holder_lives() -> None:
+def test_a_fresh_lease_over_an_interrupted_rotation_is_left_to_the_rotation_to_judge_in_recovery() -> None:
+    """Its holder may be alive, or may have just died with its fleet run's process: recovery plans it,
+    and the rotation takes the Lease over only after watching nobody renew it (tasks/lock.py)."""
     facts = _facts(
         keys=(c.KEY_USERNAME, c.KEY_PASSWORD, c.KEY_PASSWORD_NEXT), lease_holder="h", lease_live=True
     )
+    recovered = _plan(facts, FleetMode.RECOVER)
+    assert recovered.decision is Decision.INTERRUPTED
+    assert "finished if its Lease stops being renewed" in recovered.reason
+    assert _plan(facts, FleetMode.ROTATE).decision is Decision.SKIPPED  # a rotation never waits for it
+
+
+def test_a_fresh_lease_with_nothing_interrupted_is_not_recovered() -> None:
+    facts = _facts(lease_holder="h", lease_live=True)
     assert _plan(facts, FleetMode.RECOVER).decision is Decision.SKIPPED
 
 

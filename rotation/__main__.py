@@ -1,4 +1,5 @@
-"""``python -m rotation rbac ...``: print the RBAC and the lock one database's rotations need
+"""``python -m rotation rbac ...``: print the RBAC and the lock one database's rotations need;
+``python -m rotation rbac-fleet ...``: the in-cluster fleet's identity and its discovery
 (deployments/README.md).
 
 Offline: it reads nothing from a cluster; pipe its output to ``kubectl apply -f -``. A bad argument is
@@ -70,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     grant.add_argument(
+        "--fleet",
+        action="store_true",
+        help=(
+            f"also bind the Role to the in-cluster fleet's ServiceAccount ({rbac.FLEET_IDENTITY}, in "
+            "--service-account-namespace; python -m rotation rbac-fleet), so that scheduled-in-cluster and "
+            "recover-in-cluster rotate this database too"
+        ),
+    )
+    grant.add_argument(
         "--service-account",
         default=rbac.IDENTITY,
         help=f"the flow runs' ServiceAccount (default {rbac.IDENTITY})",
@@ -81,14 +91,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     fleet = commands.add_parser(
         "rbac-fleet",
-        help="print the ClusterRole that lets the fleet list MSSQLServers in every namespace (YAML)",
+        help="print the in-cluster fleet's ServiceAccount and what lets it list MSSQLServers (YAML)",
         description=(
-            "Print, as YAML for kubectl apply, a ClusterRole that may list MSSQLServers in every "
-            "namespace, and its ClusterRoleBinding: what rotate-mssql-fleet with no namespaces needs."
+            "Print, as YAML for kubectl apply, the in-cluster fleet's ServiceAccount and a role that "
+            "may list MSSQLServers (nothing else): a ClusterRole with --all-namespaces (what "
+            "scheduled-in-cluster and recover-in-cluster, which name no namespaces, need), or a Role in "
+            "each --namespace. The fleet rotates only the databases whose grant is bound to it too "
+            "(python -m rotation rbac ... --fleet)."
         ),
     )
-    fleet.add_argument("--service-account", default=rbac.IDENTITY, help="the flow runs' ServiceAccount")
-    fleet.add_argument("--service-account-namespace", default=rbac.IDENTITY, help="its namespace")
+    scope = fleet.add_mutually_exclusive_group(required=True)
+    scope.add_argument(
+        "--all-namespaces",
+        action="store_true",
+        help="let the fleet list MSSQLServers in every namespace (a ClusterRole; list only)",
+    )
+    scope.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="a namespace the fleet may list MSSQLServers in (a Role there); repeat for several",
+    )
+    fleet.add_argument(
+        "--service-account",
+        default=rbac.FLEET_IDENTITY,
+        help=f"the fleet runs' ServiceAccount (default {rbac.FLEET_IDENTITY})",
+    )
+    fleet.add_argument(
+        "--service-account-namespace",
+        default=rbac.IDENTITY,
+        help=f"its namespace (default {rbac.IDENTITY})",
+    )
     return parser
 
 
@@ -96,7 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "rbac-fleet":
-        sys.stdout.write(rbac.render_fleet(args.service_account, args.service_account_namespace))
+        try:
+            fleet = rbac.fleet_grant(
+                args.namespace,
+                all_namespaces=args.all_namespaces,
+                service_account=args.service_account,
+                service_account_namespace=args.service_account_namespace,
+            )
+        except rbac.InvalidName as exc:
+            parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+        sys.stdout.write(rbac.render_fleet(fleet))
         return 0
     try:
         grant = rbac.grant(
@@ -108,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             service_account=args.service_account,
             service_account_namespace=args.service_account_namespace,
             ops_requests=args.ops_requests,
+            fleet=args.fleet,
         )
     except rbac.InvalidName as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")

@@ -1,4 +1,6 @@
-"""The namespaced RBAC that the rotation of ONE database needs, built from its names (pure: no I/O).
+"""The namespaced RBAC that the rotation of ONE database needs, built from its names (pure: no I/O);
+and the in-cluster fleet's identity, which may only discover databases (``python -m rotation
+rbac-fleet``) and rotates those whose grant is also bound to it (``rbac ... --fleet``).
 
 ``python -m rotation rbac`` prints it (deployments/rbac-mssql-demo.yaml is its output for the example
 database). Every rule is what rotation/kube.py calls, for the step named in the rule's comment, and
@@ -29,6 +31,7 @@ from rotation.params import DNS1123_LABEL, DNS1123_SUBDOMAIN
 from rotation.plan import lock_name
 
 IDENTITY: Final = "mssql-auth-rotation"  # the flow runs' ServiceAccount and its namespace (rbac.yaml)
+FLEET_IDENTITY: Final = "mssql-auth-rotation-fleet"  # the in-cluster fleet's ServiceAccount (rbac-fleet.yaml)
 ROLE_PREFIX: Final = "mssql-auth-rotation-"
 RBAC_API_VERSION: Final = "rbac.authorization.k8s.io/v1"
 LEASE_API_VERSION: Final = "coordination.k8s.io/v1"
@@ -94,6 +97,7 @@ class Grant:
     service_account: str = IDENTITY
     service_account_namespace: str = IDENTITY
     ops_requests: bool = False  # runs that carry out MSSQLServerOpsRequests (the bridge) write their status
+    fleet: bool = False  # also bound to the in-cluster fleet's ServiceAccount (rbac-fleet.yaml)
 
     @property
     def rules(self) -> list[Rule]:
@@ -102,6 +106,14 @@ class Grant:
     @property
     def role_name(self) -> str:
         return role_name(self.database)
+
+    @property
+    def subjects(self) -> list[tuple[str, str]]:
+        """The ServiceAccounts bound, as (namespace, name): the flow runs', and the fleet's with --fleet."""
+        accounts = [(self.service_account_namespace, self.service_account)]
+        if self.fleet:
+            accounts.append((self.service_account_namespace, FLEET_IDENTITY))
+        return list(dict.fromkeys(accounts))
 
     @property
     def writable_secrets(self) -> tuple[str, ...]:
@@ -123,6 +135,8 @@ class Grant:
             parts += ["--service-account-namespace", self.service_account_namespace]
         if self.ops_requests:
             parts.append("--ops-requests")
+        if self.fleet:
+            parts.append("--fleet")
         return " ".join(parts)
 
 
@@ -164,10 +178,13 @@ def grant(
     service_account: str = IDENTITY,
     service_account_namespace: str = IDENTITY,
     ops_requests: bool = False,
+    fleet: bool = False,
 ) -> Grant:
     """Validate the names and build the grant; :class:`InvalidName` names the first bad argument.
 
-    ``tls_secrets`` None means KubeDB's ``<db>-server-cert``; passing names replaces it.
+    ``tls_secrets`` None means KubeDB's ``<db>-server-cert``; passing names replaces it. ``fleet``
+    also binds the Role to the fleet's ServiceAccount, ``FLEET_IDENTITY`` in
+    ``service_account_namespace``, so the in-cluster fleet may rotate this database too.
     """
     _label(namespace, "--namespace")
     _subdomain(database, "--database")
@@ -202,7 +219,15 @@ def grant(
                 f"--database {database!r} is too long: {what} {name!r} would exceed 253 characters"
             )
     return Grant(
-        namespace, database, replicas, users, tls, service_account, service_account_namespace, ops_requests
+        namespace,
+        database,
+        replicas,
+        users,
+        tls,
+        service_account,
+        service_account_namespace,
+        ops_requests,
+        fleet,
     )
 
 
@@ -435,7 +460,7 @@ def role_binding(g: Grant) -> dict[str, Any]:
         "metadata": _metadata(g),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": g.role_name},
         "subjects": [
-            {"kind": "ServiceAccount", "name": g.service_account, "namespace": g.service_account_namespace}
+            {"kind": "ServiceAccount", "name": name, "namespace": namespace} for namespace, name in g.subjects
         ],
     }
 
@@ -467,6 +492,8 @@ _YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "n
 
 
 def _scalar(value: str | int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     if _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
@@ -498,7 +525,13 @@ def _comment(text: str, indent: int = 0) -> list[str]:
 
 def _header(g: Grant) -> list[str]:
     ref = f"{g.namespace}/{g.database}"
-    account = f"{g.service_account_namespace}/{g.service_account}"
+    account = f"ServiceAccount {g.service_account_namespace}/{g.service_account} (deployments/rbac.yaml)"
+    if len(g.subjects) > 1:
+        account = (
+            f"ServiceAccounts {g.service_account_namespace}/{g.service_account} (deployments/rbac.yaml) and "
+            f"{g.service_account_namespace}/{FLEET_IDENTITY}, the in-cluster fleet's (--fleet; "
+            "deployments/rbac-fleet.yaml),"
+        )
     lines = [
         f"# The rotation's RBAC for MSSQLServer {ref} ({g.replicas} replicas), generated by:",
         f"#   {g.command}",
@@ -506,7 +539,7 @@ def _header(g: Grant) -> list[str]:
         "#",
     ]
     text = [
-        f"It grants ServiceAccount {account} (deployments/rbac.yaml) what a rotation of this one database "
+        f"It grants {account} what a rotation of this one database "
         f"calls (rotation/kube.py), in namespace {g.namespace} only, with a Role and a RoleBinding, and "
         "creates the database's rotation lock (a Lease). Every "
         "rule that can name its objects does (resourceNames); the comment on each rule names the steps "
@@ -540,9 +573,10 @@ def render(g: Grant) -> str:
         nested = _block(rule.manifest(), 4)
         lines += [f"  - {nested[0].lstrip()}", *nested[1:]]
     lines.append("---")
+    whom = "the flow runs' ServiceAccount" + (" and the fleet's" if len(g.subjects) > 1 else "")
     lines += _comment(
-        f"Binds the Role to the flow runs' ServiceAccount, in namespace {g.namespace} only (a "
-        "RoleBinding, never a ClusterRoleBinding)."
+        f"Binds the Role to {whom}, in namespace {g.namespace} only (a RoleBinding, never a "
+        "ClusterRoleBinding)."
     )
     lines += _block(role_binding(g), 0)
     lines.append("---")
@@ -556,44 +590,161 @@ def render(g: Grant) -> str:
     return "\n".join(lines) + "\n"
 
 
-# -- the fleet's discovery -----------------------------------------------------------------------------
-FLEET_ROLE = "mssql-auth-rotation-fleet-discovery"
+# -- the fleet's identity --------------------------------------------------------------------------
+FLEET_ROLE: Final = "mssql-auth-rotation-fleet-discovery"
+FLEET_COMMAND: Final = "python -m rotation rbac-fleet"
+DISCOVERY_WHY: Final = (
+    "discover-databases: list MSSQLServers (names, specs and status; they hold no credentials), to "
+    "plan each one. Only list: no get, no watch, no write, and nothing else of the database; reading its "
+    "secret and Lease, and rotating it, need its own grant (python -m rotation rbac ... --fleet). Not by "
+    "name: a list names no object."
+)
 
 
-def fleet_documents(
-    service_account: str = IDENTITY, service_account_namespace: str = IDENTITY
-) -> list[dict[str, Any]]:
-    """A ClusterRole that may list (and only list) MSSQLServers in every namespace, and its binding:
-    what ``rotate-mssql-fleet`` with no ``namespaces`` needs to discover the databases. Rotating each
-    one still needs that database's own Role (``grant``)."""
-    meta = {"name": FLEET_ROLE, "labels": dict(LABELS)}
-    return [
-        {
-            "apiVersion": RBAC_API_VERSION,
-            "kind": "ClusterRole",
-            "metadata": meta,
-            "rules": [{"apiGroups": [c.DB_GROUP], "resources": [c.DB_PLURAL], "verbs": ["list"]}],
-        },
-        {
-            "apiVersion": RBAC_API_VERSION,
-            "kind": "ClusterRoleBinding",
-            "metadata": meta,
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FLEET_ROLE},
-            "subjects": [
-                {"kind": "ServiceAccount", "name": service_account, "namespace": service_account_namespace}
-            ],
-        },
+@dataclass(frozen=True)
+class FleetGrant:
+    """The in-cluster fleet's identity and what lets it discover. Build it with :func:`fleet_grant`."""
+
+    namespaces: tuple[str, ...]  # empty: every namespace (a ClusterRole)
+    service_account: str = FLEET_IDENTITY
+    service_account_namespace: str = IDENTITY
+
+    @property
+    def command(self) -> str:
+        parts = [FLEET_COMMAND]
+        for namespace in self.namespaces:
+            parts += ["--namespace", namespace]
+        if not self.namespaces:
+            parts.append("--all-namespaces")
+        if self.service_account != FLEET_IDENTITY:
+            parts += ["--service-account", self.service_account]
+        if self.service_account_namespace != IDENTITY:
+            parts += ["--service-account-namespace", self.service_account_namespace]
+        return " ".join(parts)
+
+
+def fleet_grant(
+    namespaces: Sequence[str] = (),
+    *,
+    all_namespaces: bool = False,
+    service_account: str = FLEET_IDENTITY,
+    service_account_namespace: str = IDENTITY,
+) -> FleetGrant:
+    """Validate; :class:`InvalidName` names the bad argument. Cluster-wide discovery only when asked
+    (``all_namespaces``), never together with ``namespaces``."""
+    if all_namespaces == bool(namespaces):
+        raise InvalidName(
+            "give either --all-namespaces (the fleet may list MSSQLServers in every namespace: what "
+            "the scheduled-in-cluster and recover-in-cluster deployments need, which name no namespaces) "
+            "or --namespace NS for each namespace it may list in (then give the fleet runs the same "
+            "namespaces)"
+        )
+    chosen = _unique(_label(ns, "--namespace") for ns in namespaces)
+    _subdomain(service_account, "--service-account")
+    _label(service_account_namespace, "--service-account-namespace")
+    return FleetGrant(chosen, service_account, service_account_namespace)
+
+
+def _fleet_meta(name: str, namespace: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    meta["labels"] = dict(LABELS) | {"app.kubernetes.io/component": "fleet"}
+    return meta
+
+
+def _discovery_rule() -> dict[str, Any]:
+    return {"apiGroups": [c.DB_GROUP], "resources": [c.DB_PLURAL], "verbs": ["list"]}
+
+
+def _subject(g: FleetGrant) -> dict[str, str]:
+    return {"kind": "ServiceAccount", "name": g.service_account, "namespace": g.service_account_namespace}
+
+
+def fleet_documents(g: FleetGrant) -> list[dict[str, Any]]:
+    """The fleet's ServiceAccount, and a role that may list (and only list) MSSQLServers with its
+    binding: a ClusterRole for every namespace, or a Role per named namespace. Rotating a database
+    still needs that database's own Role bound to this ServiceAccount (``grant(..., fleet=True)``)."""
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _fleet_meta(g.service_account, g.service_account_namespace),
+        "automountServiceAccountToken": True,
+    }
+    if not g.namespaces:
+        ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FLEET_ROLE}
+        return [
+            account,
+            {
+                "apiVersion": RBAC_API_VERSION,
+                "kind": "ClusterRole",
+                "metadata": _fleet_meta(FLEET_ROLE),
+                "rules": [_discovery_rule()],
+            },
+            {
+                "apiVersion": RBAC_API_VERSION,
+                "kind": "ClusterRoleBinding",
+                "metadata": _fleet_meta(FLEET_ROLE),
+                "roleRef": ref,
+                "subjects": [_subject(g)],
+            },
+        ]
+    docs = [account]
+    for namespace in g.namespaces:
+        docs += [
+            {
+                "apiVersion": RBAC_API_VERSION,
+                "kind": "Role",
+                "metadata": _fleet_meta(FLEET_ROLE, namespace),
+                "rules": [_discovery_rule()],
+            },
+            {
+                "apiVersion": RBAC_API_VERSION,
+                "kind": "RoleBinding",
+                "metadata": _fleet_meta(FLEET_ROLE, namespace),
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": FLEET_ROLE},
+                "subjects": [_subject(g)],
+            },
+        ]
+    return docs
+
+
+def _fleet_document(doc: dict[str, Any]) -> list[str]:
+    """One document of the fleet's grant as YAML, its rule (if any) commented."""
+    lines = _block({k: v for k, v in doc.items() if k != "rules"}, 0)
+    if "rules" in doc:
+        lines.append("rules:")
+        for rule in doc["rules"]:
+            nested = _block(rule, 4)
+            lines += [*_comment(DISCOVERY_WHY, 2), f"  - {nested[0].lstrip()}", *nested[1:]]
+    return lines
+
+
+def render_fleet(g: FleetGrant) -> str:
+    account = f"{g.service_account_namespace}/{g.service_account}"
+    where = "in every namespace (a ClusterRole)"
+    if g.namespaces:
+        plural = "s" if len(g.namespaces) > 1 else ""
+        where = f"in namespace{plural} {', '.join(g.namespaces)} only (a Role in each)"
+    lines = [
+        "# The in-cluster fleet's identity (rotate-mssql-fleet, deployments scheduled-in-cluster and",
+        "# recover-in-cluster), generated by:",
+        f"#   {g.command}",
+        "# Do not edit: change the arguments and generate it again. Apply it with kubectl apply -f.",
+        "#",
     ]
-
-
-def render_fleet(service_account: str = IDENTITY, service_account_namespace: str = IDENTITY) -> str:
-    role_doc, binding = fleet_documents(service_account, service_account_namespace)
-    lines = _comment(
-        "The fleet's discovery (rotate-mssql-fleet with no namespaces): list MSSQLServers in every "
-        "namespace, nothing else (no get, no watch, no secrets). Rotating a database still needs its own "
-        "Role: python -m rotation rbac --namespace NS --database DB --replicas N."
-    )
-    lines += _block(role_doc, 0)
-    lines.append("---")
-    lines += _block(binding, 0)
+    text = [
+        f"ServiceAccount {account}: the fleet runs' own identity, fixed by the fleet pool's base job "
+        "template (deployments/k8s-fleet-job-template.json), apart from the one that on-demand "
+        "in-cluster runs use (deployments/rbac.yaml), so neither gets the other's rights.",
+        f"It may list MSSQLServers {where}, nothing else: no get, no watch, no secrets, no writes. The "
+        "fleet rotates a database only where that database's own Role is bound to it too: python -m "
+        "rotation rbac --namespace NS --database DB --replicas N --fleet. A listed database without "
+        "one is reported as skipped (cannot be read, 403), with that command; nothing of it is changed.",
+    ]
+    for i, paragraph in enumerate(text):
+        lines += (["#"] if i else []) + _comment(paragraph)
+    for i, doc in enumerate(fleet_documents(g)):
+        lines += ["---"] if i else []
+        lines += _fleet_document(doc)
     return "\n".join(lines) + "\n"

@@ -31,6 +31,9 @@ LOCAL_POOL = "mssql-auth-rotation-local"
 K8S_POOL = "mssql-auth-rotation-k8s"
 # The kubernetes pool's base job template: image, command and service account fixed, not variables.
 K8S_BASE_JOB_TEMPLATE = PROJECT_DIR / "deployments" / "k8s-base-job-template.json"
+# The in-cluster fleet's pool: the same Job under the fleet's own ServiceAccount (rbac-fleet.yaml).
+K8S_FLEET_POOL = "mssql-auth-rotation-k8s-fleet"
+K8S_FLEET_JOB_TEMPLATE = PROJECT_DIR / "deployments" / "k8s-fleet-job-template.json"
 HEALTH_TIMEOUT_S = 90.0
 # The operator's permission for tls_verify=TrustServerCertificate (rotation/operator_settings.py): the
 # stack's worker and bridge get it only when asked, never from whatever the caller's shell exported.
@@ -170,18 +173,19 @@ class PrefectStack:
         return result
 
     def deploy_all(self) -> None:
-        """Create both work pools (idempotent) and register every deployment of prefect.yaml."""
+        """Create the work pools (idempotent) and register every deployment of prefect.yaml."""
         self.prefect("work-pool", "create", LOCAL_POOL, "--type", "process", "--overwrite")
-        self.prefect(
-            "work-pool",
-            "create",
-            K8S_POOL,
-            "--type",
-            "kubernetes",
-            "--base-job-template",
-            str(K8S_BASE_JOB_TEMPLATE),
-            "--overwrite",
-        )
+        for pool, template in ((K8S_POOL, K8S_BASE_JOB_TEMPLATE), (K8S_FLEET_POOL, K8S_FLEET_JOB_TEMPLATE)):
+            self.prefect(
+                "work-pool",
+                "create",
+                pool,
+                "--type",
+                "kubernetes",
+                "--base-job-template",
+                str(template),
+                "--overwrite",
+            )
         self.prefect("--no-prompt", "deploy", "--all")
 
     # -- REST --------------------------------------------------------------------------------

@@ -8,16 +8,23 @@ The manifests are read from deployments/ (never copied here) and created with th
 flow then runs with KUBECONFIG pointing at a token kubeconfig of the file's ServiceAccount
 (``rotation.kube`` caches one API client per KUBECONFIG value, so the flow really uses that identity).
 
-The Prefect kubernetes work pool's base job template (deployments/k8s-base-job-template.json), with a
-real Prefect server: the image, command, namespace and service account of the flow runs' Jobs are no
-job variables. The server refuses a deployment or a run that sets them (422) where it checks job
-variables; where it does not (PATCH of a deployment, POST /flow_runs/), the worker's own rendering
-(prefect-kubernetes' job configuration, as the worker calls it) leaves them as the template fixes them.
+The in-cluster fleet's identity (deployments/rbac-fleet.yaml, ServiceAccount mssql-auth-rotation-fleet,
+and a database's grant generated with ``--fleet``): it discovers every namespace's databases, a whole
+fleet run under its token rotates the one granted to it, and every other is refused (403) and
+reported, unchanged.
+
+The Prefect kubernetes work pools' base job templates (deployments/k8s-base-job-template.json, and
+k8s-fleet-job-template.json for the fleet), with a real Prefect server: the image, command, namespace
+and service account of the flow runs' Jobs are no job variables. The server refuses a deployment or a
+run that sets them (422) where it checks job variables; where it does not (PATCH of a deployment,
+POST /flow_runs/), the worker's own rendering (prefect-kubernetes' job configuration, as the worker
+calls it) leaves them as the template fixes them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import urllib.error
@@ -35,20 +42,29 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_kubernetes.worker import KubernetesWorker
 
 from flows.rotate_auth import rotate_mssql_auth
-from flows.rotate_fleet import FleetReport, rotate_mssql_fleet
+from flows.rotate_fleet import rotate_mssql_fleet
 from rotation import constants as c
 from rotation import rbac
 from rotation.errors import InvalidRequest, PermanentError
 from rotation.fleet import Decision
 from rotation.plan import lock_name
 from sandbox.cluster import Database, Sandbox
-from sandbox.prefect_stack import K8S_BASE_JOB_TEMPLATE, K8S_POOL, PrefectStack
-from tests.support import create_basic_auth_secret, is_paused, logs_in
+from sandbox.prefect_stack import (
+    K8S_BASE_JOB_TEMPLATE,
+    K8S_FLEET_JOB_TEMPLATE,
+    K8S_FLEET_POOL,
+    K8S_POOL,
+    PrefectStack,
+)
+from tests.fault_matrix import proves
+from tests.support import assert_rotated, create_basic_auth_secret, is_paused, logs_in, terminated_pods
 
 DEPLOYMENTS = Path(__file__).resolve().parents[2] / "deployments"
 RBAC_YAML = DEPLOYMENTS / "rbac.yaml"
 GRANT_YAML = DEPLOYMENTS / "rbac-mssql-demo.yaml"  # generated: tests/unit/test_rbac_cli.py
 WORKER_YAML = DEPLOYMENTS / "worker.yaml"
+FLEET_YAML = DEPLOYMENTS / "rbac-fleet.yaml"  # generated: tests/unit/test_rbac_fleet.py
+FLEET_WORKER_YAML = DEPLOYMENTS / "worker-fleet.yaml"
 
 # The example the manifests grant: database mssql-demo in namespace demo (no other test uses "demo").
 NAMESPACE, DATABASE, REPLICAS = "demo", "mssql-demo", 3
@@ -217,7 +233,9 @@ def test_no_rule_grants_a_wildcard_and_secrets_are_granted_only_by_name() -> Non
     for path in sorted(DEPLOYMENTS.glob("*.yaml")):
         docs = load(path)
         cluster_wide = [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-        assert path.name in ("bridge.yaml", "bridge-all.yaml") or not cluster_wide, path.name
+        assert path.name in ("bridge.yaml", "bridge-all.yaml", "rbac-fleet.yaml") or not cluster_wide, (
+            path.name
+        )
         for role in (d for d in docs if d["kind"] == "ClusterRole"):
             for rule in role["rules"]:
                 writes = {(r, v) for r in rule["resources"] for v in rule["verbs"]}
@@ -269,13 +287,17 @@ def test_the_generated_grant_names_the_database_its_replicas_and_its_secrets(
     assert by_verb[("secrets", "update")] == {AUTH_SECRET, USER_SECRET}
 
 
-def test_the_worker_manifests_are_accepted_by_the_api_server(sandbox: Sandbox, database: Database) -> None:
-    """Server-side dry run (schema and defaults validated, nothing stored) of deployments/worker.yaml."""
-    docs = load(WORKER_YAML)
+@pytest.mark.parametrize("path", [WORKER_YAML, FLEET_WORKER_YAML], ids=lambda p: p.name)
+def test_the_worker_manifests_are_accepted_by_the_api_server(
+    sandbox: Sandbox, database: Database, path: Path
+) -> None:
+    """Server-side dry run (schema and defaults validated, nothing stored) of deployments/worker.yaml,
+    and of worker-fleet.yaml (the fleet pool's worker, with worker.yaml's ServiceAccount)."""
+    docs = load(path)
     for doc in docs:
         create(sandbox.api, doc, dry_run=True)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["serviceAccountName"] == one(load(WORKER_YAML), "ServiceAccount")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     for container in pod["containers"]:
         security = container["securityContext"]
@@ -367,36 +389,174 @@ def test_a_fleet_over_every_namespace_without_the_fleet_grant_is_refused_saying_
         rotate_mssql_fleet(dry_run=True)
 
 
-@pytest.mark.usefixtures("as_identity")
-def test_with_the_fleet_grant_the_fleet_plans_its_databases_and_skips_the_ones_it_may_not_touch(
-    sandbox: Sandbox, database: Database
-) -> None:
-    fleet_docs = list(yaml.safe_load_all(rbac.render_fleet()))
-    for doc in fleet_docs:
+# -- the in-cluster fleet's identity (issue 21, item 5) --------------------------------------------
+# deployments/rbac-fleet.yaml as shipped (ServiceAccount mssql-auth-rotation-fleet, a list-only
+# ClusterRole), and one database of a namespace of its own granted with --fleet; the other is not.
+FLEET_NS, GRANTED, UNGRANTED = "demo-fleet", "fleet-granted", "fleet-other"
+FLEET_SA = rbac.FLEET_IDENTITY
+LONG_AGO = "2020-01-01T00:00:00Z"  # auth-active-from: due under the default max_age
+
+
+@pytest.fixture(scope="module")
+def fleet_databases(sandbox: Sandbox) -> tuple[Database, Database]:
+    made = []
+    for name, replicas in ((GRANTED, 2), (UNGRANTED, 1)):
+        made.append(sandbox.create_database(FLEET_NS, name, replicas=replicas))
+        sandbox.core.patch_namespaced_secret(
+            f"{name}-auth", FLEET_NS, {"metadata": {"annotations": {c.ANNOTATION_ACTIVE_FROM: LONG_AGO}}}
+        )
+    return made[0], made[1]
+
+
+@pytest.fixture(scope="module")
+def fleet_kubeconfig(sandbox: Sandbox, fleet_databases: tuple[Database, Database]) -> Iterator[Path]:
+    """A token kubeconfig of rbac-fleet.yaml's ServiceAccount, once its grants are in force."""
+    docs = load(FLEET_YAML)
+    account = one(docs, "ServiceAccount")["metadata"]
+    assert (account["namespace"], account["name"]) == (IDENTITY, FLEET_SA)
+    sandbox.ensure_namespace(IDENTITY)
+    granted = rbac.grant(FLEET_NS, GRANTED, 2, fleet=True)
+    for doc in docs + rbac.documents(granted):
         create(sandbox.api, doc)
-    rbac_api = client.RbacAuthorizationV1Api(sandbox.api)
+    path = sandbox.service_account_kubeconfig(IDENTITY, FLEET_SA)
+
+    def reads(api: client.ApiClient) -> None:
+        client.CustomObjectsApi(api).list_cluster_custom_object(c.DB_GROUP, c.DB_VERSION, c.DB_PLURAL)
+        client.CoreV1Api(api).read_namespaced_secret(f"{GRANTED}-auth", FLEET_NS)
+
+    wait_for_grant(path, reads)
     try:
-        report = wait_until_granted(lambda: rotate_mssql_fleet(dry_run=True))
+        yield path
+    finally:  # the discovery is cluster-wide: leave no ClusterRole behind for other modules
+        roles = client.RbacAuthorizationV1Api(sandbox.api)
+        roles.delete_cluster_role_binding(rbac.FLEET_ROLE)
+        roles.delete_cluster_role(rbac.FLEET_ROLE)
+
+
+@pytest.fixture(scope="module")
+def fleet_identity(fleet_kubeconfig: Path) -> Iterator[Identity]:
+    api = config.new_client_from_config(str(fleet_kubeconfig))
+    try:
+        yield Identity(
+            client.CoreV1Api(api),
+            client.CustomObjectsApi(api),
+            client.RbacAuthorizationV1Api(api),
+            client.CoordinationV1Api(api),
+        )
     finally:
-        rbac_api.delete_cluster_role_binding(rbac.FLEET_ROLE)
-        rbac_api.delete_cluster_role(rbac.FLEET_ROLE)
-
-    decisions = {o.planned.ref: o.planned for o in report.outcomes}
-    assert decisions[f"{NAMESPACE}/{DATABASE}"].decision is not Decision.SKIPPED
-    other = decisions[f"{NAMESPACE}/{OTHER}"]  # listed, but its secret is not granted
-    assert other.decision is Decision.SKIPPED and "python -m rotation rbac --namespace" in other.reason
+        api.close()
 
 
-def wait_until_granted(call: Callable[[], FleetReport]) -> FleetReport:
-    """The ClusterRoleBinding reaches the authorizer a moment after it is created."""
-    deadline = time.monotonic() + GRANT_WAIT_S
-    while True:
-        try:
-            return call()
-        except InvalidRequest:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+def _status_patch(i: Identity, name: str) -> object:
+    return i.custom.patch_namespaced_custom_object_status(
+        c.DB_GROUP, c.DB_VERSION, FLEET_NS, c.DB_PLURAL, name, {"status": {"conditions": []}}
+    )
+
+
+FLEET_FORBIDDEN: dict[str, Callable[[Identity], object]] = {
+    "list secrets in every namespace": lambda i: i.core.list_secret_for_all_namespaces(),
+    "list the secrets of the fleet's namespace": lambda i: i.core.list_namespaced_secret(FLEET_NS),
+    "read the ungranted database's auth secret": lambda i: i.core.read_namespaced_secret(
+        f"{UNGRANTED}-auth", FLEET_NS
+    ),
+    "read the ungranted database": lambda i: i.custom.get_namespaced_custom_object(
+        c.DB_GROUP, c.DB_VERSION, FLEET_NS, c.DB_PLURAL, UNGRANTED
+    ),
+    "pause the ungranted database": lambda i: _status_patch(i, UNGRANTED),
+    "read the ungranted database's lock": lambda i: i.coordination.read_namespaced_lease(
+        lock_name(UNGRANTED), FLEET_NS
+    ),
+    "evict the ungranted database's pod": lambda i: i.core.create_namespaced_pod_eviction(
+        f"{UNGRANTED}-0",
+        FLEET_NS,
+        client.V1Eviction(metadata=client.V1ObjectMeta(name=f"{UNGRANTED}-0", namespace=FLEET_NS)),
+    ),
+    "watch MSSQLServers in every namespace": lambda i: i.custom.list_cluster_custom_object(
+        c.DB_GROUP, c.DB_VERSION, c.DB_PLURAL, watch=True, timeout_seconds=1, _preload_content=False
+    ),
+    "read a database granted to the on-demand identity only": lambda i: i.core.read_namespaced_secret(
+        AUTH_SECRET, NAMESPACE
+    ),
+    "create a Lease": lambda i: i.coordination.create_namespaced_lease(
+        FLEET_NS, {"metadata": {"name": lock_name(UNGRANTED)}, "spec": {"holderIdentity": "fleet"}}
+    ),
+}
+
+
+@pytest.mark.parametrize("attempt", list(FLEET_FORBIDDEN))
+def test_the_fleet_identity_is_refused_what_it_was_not_granted(
+    fleet_identity: Identity, database: Database, attempt: str
+) -> None:
+    with pytest.raises(ApiException) as refused:
+        FLEET_FORBIDDEN[attempt](fleet_identity)
+    assert refused.value.status == 403, refused.value.reason
+    assert f"system:serviceaccount:{IDENTITY}:{FLEET_SA}" in str(refused.value.body)
+
+
+def test_the_fleet_identity_lists_databases_everywhere_and_reads_the_granted_one(
+    fleet_identity: Identity, database: Database
+) -> None:
+    listed = fleet_identity.custom.list_cluster_custom_object(c.DB_GROUP, c.DB_VERSION, c.DB_PLURAL)
+    refs = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in listed["items"]}
+    assert {(FLEET_NS, GRANTED), (FLEET_NS, UNGRANTED), (NAMESPACE, DATABASE)} <= refs
+    fleet_identity.core.read_namespaced_secret(f"{GRANTED}-auth", FLEET_NS)
+    fleet_identity.coordination.read_namespaced_lease(lock_name(GRANTED), FLEET_NS)
+
+
+def restarted(db: Database) -> list[str]:
+    """The database's own pods that were restarted (its namespace may hold another database's)."""
+    return [pod for pod in terminated_pods(db) if pod.rpartition("-")[0] == db.name]
+
+
+@proves(
+    fault="a fleet run under the in-cluster fleet's identity (rbac-fleet.yaml), over every namespace, with "
+    "one due database granted to it (--fleet) and others it was not granted",
+    where="Kubernetes RBAC on a real API server (the ServiceAccount's token; 403s)",
+    outcome="the granted database rotated; every other one reported skipped with the 403 and the command "
+    "that grants it (--fleet), nothing of it read beyond its listing or changed; the fleet run succeeds",
+)
+def test_a_fleet_run_as_the_fleet_identity_rotates_the_granted_database_and_reports_the_rest(
+    fleet_kubeconfig: Path,
+    fleet_databases: tuple[Database, Database],
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    granted, ungranted = fleet_databases
+    old = granted.secret_data()["password"]
+    untouched = {db.name: (db.secret_data(), restarted(db)) for db in (ungranted, database)}
+    monkeypatch.setenv("KUBECONFIG", str(fleet_kubeconfig))
+
+    report = rotate_mssql_fleet()  # the scheduled deployments' scope: every namespace
+
+    outcomes = {o.planned.ref: o for o in report.outcomes}
+    assert outcomes[f"{FLEET_NS}/{GRANTED}"].outcome == "Successful", outcomes[f"{FLEET_NS}/{GRANTED}"]
+    assert_rotated(granted, old)
+    for ref in (f"{FLEET_NS}/{UNGRANTED}", f"{NAMESPACE}/{DATABASE}"):
+        planned = outcomes[ref].planned
+        assert planned.decision is Decision.SKIPPED, planned
+        assert "403 Forbidden" in planned.reason, planned.reason
+        namespace, name = ref.split("/")
+        assert f"python -m rotation rbac --namespace {namespace} --database {name}" in planned.reason
+        assert "--fleet" in planned.reason
+    for db in (ungranted, database):
+        assert (db.secret_data(), restarted(db)) == untouched[db.name]
+        assert not is_paused(db)
+        assert lock_name(db.name) not in db.sandbox.coordination_leases(db.namespace)
+
+
+def test_a_rotation_of_an_ungranted_database_as_the_fleet_identity_changes_nothing(
+    fleet_kubeconfig: Path, fleet_databases: tuple[Database, Database], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, ungranted = fleet_databases
+    before = ungranted.secret_data()
+    monkeypatch.setenv("KUBECONFIG", str(fleet_kubeconfig))
+
+    with pytest.raises(PermanentError, match=r"403 Forbidden.*deployments/rbac\.yaml"):
+        rotate_mssql_auth(namespace=FLEET_NS, database=UNGRANTED)
+
+    assert ungranted.secret_data() == before
+    assert not is_paused(ungranted) and not restarted(ungranted)
+    assert ungranted.sandbox.coordination_leases(FLEET_NS) == []
 
 
 def _secret_body(name: str) -> dict[str, Any]:
@@ -706,7 +866,7 @@ def refusal(call: Callable[[], object]) -> tuple[int, str]:
     return refused.value.code, refused.value.read().decode()
 
 
-def rendered_job(stack: PrefectStack, flow_run_id: str) -> Manifest:
+def rendered_job(stack: PrefectStack, flow_run_id: str, pool_name: str = K8S_POOL) -> Manifest:
     """The Job the kubernetes worker would create for this run: prefect-kubernetes' job configuration
     resolved as the worker resolves it (pool template + deployment and run job variables)."""
 
@@ -714,7 +874,7 @@ def rendered_job(stack: PrefectStack, flow_run_id: str) -> Manifest:
         with temporary_settings({PREFECT_API_URL: stack.api_url}):
             async with get_client() as prefect:
                 run = await prefect.read_flow_run(flow_run_id)  # type: ignore[arg-type]
-                pool = await prefect.read_work_pool(K8S_POOL)
+                pool = await prefect.read_work_pool(pool_name)
                 configuration = await KubernetesWorker.job_configuration.resolve_for_flow_run(
                     run, client=prefect, work_pool=pool, worker_name="test-rbac"
                 )
@@ -745,11 +905,11 @@ def dry_run_job(sandbox: Sandbox, job: Manifest) -> Manifest:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
-def assert_locked(job: Manifest) -> None:
+def assert_locked(job: Manifest, account: str = IDENTITY) -> None:
     pod = job["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert job["metadata"]["namespace"] == IDENTITY
-    assert pod["serviceAccountName"] == IDENTITY
+    assert pod["serviceAccountName"] == account
     assert container["image"] == FIXED_IMAGE
     assert container["args"] == FIXED_ARGS and "command" not in container
     assert "PYTHONPATH" not in {env["name"] for env in container["env"]}
@@ -853,3 +1013,35 @@ def test_where_the_server_does_not_check_job_variables_the_worker_ignores_them(
         stack.api("DELETE", f"/flow_runs/{run['id']}")
     finally:
         stack.api("PATCH", f"/deployments/{deployment['id']}", {"job_variables": {"finished_job_ttl": 3600}})
+
+
+# -- the fleet's kubernetes work pool (issue 21, item 5) -------------------------------------------
+def fleet_deployment(stack: PrefectStack, name: str) -> dict[str, Any]:
+    [deployment] = [d for d in stack.api("POST", "/deployments/filter", {}) if d["name"] == name]
+    return deployment  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("name", ["scheduled-in-cluster", "recover-in-cluster"])
+def test_the_fleet_pool_runs_the_in_cluster_fleet_under_the_fleet_identity_only(
+    stack: PrefectStack, sandbox: Sandbox, name: str
+) -> None:
+    """The pool as stored is the file; a run of each in-cluster fleet deployment renders a Job for
+    ServiceAccount mssql-auth-rotation-fleet (accepted by the API server's dry run), and a run that
+    asks for another identity or image is refused."""
+    template = stack.api("GET", f"/work_pools/{K8S_FLEET_POOL}")["base_job_template"]
+    assert template == json.loads(K8S_FLEET_JOB_TEMPLATE.read_text())
+    deployment = fleet_deployment(stack, name)
+    assert deployment["work_pool_name"] == K8S_FLEET_POOL
+    path = f"/deployments/{deployment['id']}/create_flow_run"
+    for variable in ("service_account_name", "image"):
+        hostile = {"job_variables": {variable: HOSTILE[variable]}}
+        status, detail = refusal(functools.partial(stack.api, "POST", path, hostile))
+        assert status == 422 and f"'{variable}' was unexpected" in detail, detail
+
+    run = stack.api("POST", path, {})
+    try:
+        job = rendered_job(stack, run["id"], K8S_FLEET_POOL)
+        assert_locked(job, rbac.FLEET_IDENTITY)
+        assert dry_run_job(sandbox, job)["spec"]["template"]["spec"]["serviceAccountName"] == FLEET_SA
+    finally:
+        stack.api("DELETE", f"/flow_runs/{run['id']}")  # no worker polls this pool here

@@ -1,7 +1,9 @@
 """The flow's parameters, mirroring ``MSSQLServerOpsRequest.spec``, as annotated types.
 
 Prefect builds the deployment's parameter schema (the UI form and the server-side validation) from
-these annotations: every field has a title, a description and constraints.
+the flow's signature: each field's title is the parameter's name and its description the flow
+docstring's ``Args`` entry (Prefect overrides an annotation's own title and description). These
+annotations give the constraints the server enforces; their descriptions document the request model.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ class TlsVerify(StrEnum):
 Namespace = Annotated[
     str,
     Field(
-        title="Namespace",
         description="Kubernetes namespace of the MSSQLServer (the ops request's namespace).",
         min_length=1,
         max_length=63,
@@ -50,7 +51,6 @@ Namespace = Annotated[
 DatabaseName = Annotated[
     str,
     Field(
-        title="Database",
         description="Name of the MSSQLServer object whose credentials are rotated (spec.databaseRef.name).",
         min_length=1,
         max_length=253,
@@ -61,7 +61,6 @@ DatabaseName = Annotated[
 AuthSecretName = Annotated[
     str | None,
     Field(
-        title="New auth secret (optional)",
         description=(
             "Name of a kubernetes.io/basic-auth Secret in the same namespace holding the new password "
             "(spec.authentication.secretRef.name). Leave empty to generate a strong random password. "
@@ -74,7 +73,6 @@ AuthSecretName = Annotated[
 TlsVerifyMode = Annotated[
     TlsVerify,
     Field(
-        title="TLS certificate check",
         description=(
             "Every connection to SQL Server is encrypted. VerifyFull: each replica's certificate must be "
             "issued by the trusted CA and name the pod (<pod>.<db>-pods.<ns>.svc). VerifyCA: issued by the "
@@ -88,7 +86,6 @@ TlsVerifyMode = Annotated[
 TlsCaSecretName = Annotated[
     str | None,
     Field(
-        title="Trusted CA secret (optional)",
         description=(
             "Name of a Secret in the same namespace whose ca.crt is the CA to trust. Leave empty to use "
             "the CA of the database's own TLS certificate (spec.tls: Secret <db>-server-cert)."
@@ -100,7 +97,6 @@ TlsCaSecretName = Annotated[
 Timeout = Annotated[
     str,
     Field(
-        title="Timeout per step",
         description="How long each step may take, as a duration such as 90s, 5m or 1h30m (spec.timeout).",
         pattern=DURATION_PATTERN,
         examples=["5m"],
@@ -109,7 +105,6 @@ Timeout = Annotated[
 Apply = Annotated[
     ApplyPolicy,
     Field(
-        title="Apply",
         description=(
             "IfReady: refuse unless the database is Ready. Always: rotate whatever its phase (spec.apply)."
         ),
@@ -120,7 +115,6 @@ Apply = Annotated[
 MaxAge = Annotated[
     str | None,
     Field(
-        title="Only if older than (optional)",
         description=(
             "Rotate only when the credentials are at least this old (kubedb.com/auth-active-from), as "
             "a duration such as 30d or 720h; the database's own spec.authSecret.rotateAfter wins. "
@@ -133,7 +127,6 @@ MaxAge = Annotated[
 FinishOnly = Annotated[
     bool,
     Field(
-        title="Only finish an interrupted rotation",
         description="Do nothing unless an earlier rotation of this database was interrupted; then finish it.",
     ),
 ]
@@ -142,7 +135,6 @@ FinishOnly = Annotated[
 OpsRequestName = Annotated[
     str | None,
     Field(
-        title="KubeDB ops request (optional)",
         description=(
             "Name of the MSSQLServerOpsRequest (same namespace) this run carries out; its status follows "
             "the run. Set by the bridge (python -m rotation.bridge); leave empty otherwise."

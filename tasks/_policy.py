@@ -6,6 +6,9 @@ at the final check can last longer than a few quick attempts, and failing a fini
 it helps nobody. So the budget is time: the request's ``timeout`` (per step, as KubeDB's), measured
 from the task's first attempt.
 
+Prefect counts the attempts in its log ("Retry 3/10000 will start ..."): a filter on its task-run
+logger rewrites exactly that line for these tasks, so the log says what the budget really is.
+
 Tasks never cache or persist results (they carry no secrets, but nothing needs them later), and they
 receive names and addresses only: passwords are read from Kubernetes inside the task that uses them.
 """
@@ -13,6 +16,7 @@ receive names and addresses only: passwords are read from Kubernetes inside the 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any, Final
 
 from prefect import Task
@@ -52,6 +56,32 @@ def retry_only_transient(task: Task[..., Any], task_run: TaskRun, state: State[A
     started = task_run.start_time or dt.datetime.now(dt.UTC)
     return (dt.datetime.now(dt.UTC) - started).total_seconds() < budget
 
+
+# Prefect 3.9.1's line (task_engine.py, TaskRunEngine.handle_retry) with its arguments: the failure's
+# kind, the exception, the attempt, the retries allowed, and when the next attempt starts.
+PREFECT_RETRY_LOG: Final = "Task run failed with %s: %r - Retry %s/%s will start %s"
+HONEST_RETRY_LOG: Final = "Task run failed with %s: %r - retry %s will start %s (retried until the step's %s)"
+
+
+class HonestRetryLog(logging.Filter):
+    """Rewrite Prefect's "Retry 3/10000" for the tasks of this policy (their count is RETRIES)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg == PREFECT_RETRY_LOG and isinstance(args, tuple) and len(args) == 5:
+            kind, error, attempt, allowed, when = args
+            if allowed == RETRIES:
+                context = TaskRunContext.get()
+                budget = "timeout" if context is None else f"timeout of {_budget(context.parameters):.0f}s"
+                record.msg = HONEST_RETRY_LOG
+                record.args = (kind, error, attempt, when, budget)
+        return True
+
+
+# Prefect's task-run records are logged on this logger (prefect.logging.loggers.task_run_logger).
+_TASK_RUN_LOGGER = logging.getLogger("prefect.task_runs")
+if not any(isinstance(f, HonestRetryLog) for f in _TASK_RUN_LOGGER.filters):
+    _TASK_RUN_LOGGER.addFilter(HonestRetryLog())
 
 RETRYING: Final[dict[str, Any]] = {
     "retries": RETRIES,

@@ -22,7 +22,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from rotation.bridge.cluster import OpsRequests, Stale
-from rotation.bridge.runs import PrefectUnavailable, Runs
+from rotation.bridge.runs import PrefectUnavailable, Runs, RunState
 from rotation.errors import RotationError
 from rotation.kube import Json, now_rfc3339
 from rotation.ops_request import (
@@ -175,14 +175,14 @@ class Bridge:
         if action is Action.START:
             return self._start(request, obj, request.attempt)
         if action is Action.RETRY:
-            assert state is not None
-            return self._start(request, obj, request.attempt + 1, retry_after=state.message or state.type)
+            assert state is not None and run_id is not None
+            return self._start(request, obj, request.attempt + 1, retry_after=self._ended(run_id, state))
         if action is Action.SUCCEED:
             return self._finish(request, obj, Phase.SUCCESSFUL, "Successfully rotated the credentials")
         if action is Action.FAIL:
-            assert state is not None
+            assert state is not None and run_id is not None
             attempts = f"attempt {request.attempt} of {1 + request.max_retries}"
-            return self._finish(request, obj, Phase.FAILED, f"{state.message or state.type} ({attempts})")
+            return self._finish(request, obj, Phase.FAILED, f"{self._ended(run_id, state)} ({attempts})")
         if action is Action.CANCEL:
             assert run_id is not None and state is not None
             self.runs.cancel(run_id, state, f"MSSQLServerOpsRequest {request.ref} was deleted")
@@ -191,6 +191,15 @@ class Bridge:
         if action is Action.RELEASE or (request.finished and FINALIZER in request.finalizers):
             return self._release(obj)
         return obj
+
+    def _ended(self, run_id: str, state: RunState) -> str:
+        """How the run ended, for people: its state's message, and for a crash (the process died: the
+        message only says so) what the run itself tells of its cause (runs.cause_of)."""
+        said = state.message or state.type
+        if state.type != "CRASHED":
+            return said
+        cause = self.runs.crash_cause(run_id)
+        return f"{said.rstrip('. ')}; {cause}" if cause else said
 
     def _start(self, request: OpsRequest, obj: Json, attempt: int, retry_after: str = "") -> Json:
         if request.run_id is None and ATTEMPT_ANNOTATION not in request.annotations:

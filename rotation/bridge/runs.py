@@ -1,21 +1,31 @@
 """The bridge's Prefect side: start a deployment's flow run exactly once per idempotency key, find
-it again by that key, read its state, cancel it. A Prefect API that cannot be reached (down,
+it again by that key, read its state (and, for a run that crashed, the error it logged), cancel it.
+A Prefect API that cannot be reached (down,
 restarting, 5xx) is ``PrefectUnavailable``: the bridge leaves the request as it is and comes back."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterIdempotencyKey,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.objects import State
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelled, Cancelling
 
 NOT_STARTED = frozenset({"SCHEDULED"})  # no infrastructure yet: cancelled outright
+CAUSE_MAX: Final = 300  # characters of a crash's cause that reach the request
+LOGS_READ: Final = 200  # a crashed run's logs looked at (it logs few before it dies)
 
 
 class PrefectUnavailable(RuntimeError):
@@ -77,6 +87,22 @@ class Runs:
             return RunState("SCHEDULED", "")
         return RunState(state.type.value, state.message or "")
 
+    def crash_cause(self, run_id: str) -> str | None:
+        """Why a crashed run died, from what it logged (the infrastructure's state message says only
+        that the process exited) and its deployment's pull steps; None when nothing tells."""
+        try:
+            with self._client() as prefect:
+                run = prefect.read_flow_run(UUID(run_id))
+                logs = prefect.read_logs(
+                    LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])), limit=LOGS_READ
+                )
+                steps = prefect.read_deployment(run.deployment_id).pull_steps if run.deployment_id else None
+        except Exception as exc:
+            raise PrefectUnavailable(
+                f"Prefect could not read the logs of flow run {run_id}: {_why(exc)}"
+            ) from None
+        return cause_of([(entry.level, entry.message) for entry in logs], steps or [])
+
     def cancel(self, run_id: str, state: RunState, reason: str) -> None:
         """Stop the run: one that has not started is cancelled outright; a running one is asked to
         stop (its worker signals it, and the flow's ``finally`` still resumes the database)."""
@@ -102,6 +128,48 @@ def _deployment_id(prefect: SyncPrefectClient, name: str) -> UUID:
         raise PrefectUnavailable(
             f"Prefect has no deployment {name}: deploy it (prefect deploy --all) or pass --deployment"
         ) from None
+
+
+def cause_of(logs: Sequence[tuple[int, str]], pull_steps: Sequence[dict[str, Any]]) -> str | None:
+    """A crashed run's cause, from its logs (level, message; oldest first) and its deployment's pull
+    steps. The last exception it logged (a traceback's final line, never its frames); else a pull step
+    that started and never finished (Prefect keeps that error only in the worker's output), named
+    with its inputs as the deployment stores them (templates, never resolved values); else the last
+    error's first line. One line, at most CAUSE_MAX characters."""
+    errors = [message for level, message in logs if level >= logging.ERROR]
+    tracebacks = [m for m in errors if "Traceback (most recent call last)" in m]
+    if tracebacks:
+        return _line(f"the run's error: {_last_line(tracebacks[-1])}")
+    started = [m.removeprefix(STEP_STARTED) for _, m in logs if m.startswith(STEP_STARTED)]
+    finished = sum(
+        1 for _, m in logs if m.startswith("Deployment step ") and m.endswith(" completed successfully")
+    )
+    if len(started) > finished:
+        failed = len(started) - 1
+        step = pull_steps[failed] if failed < len(pull_steps) else {}
+        inputs: dict[str, Any] = next(iter(step.values()), {}) or {}
+        shown = ", ".join(f"{key}: {value}" for key, value in inputs.items() if key not in ("id", "requires"))
+        return _line(
+            f"it died in its deployment's pull step {started[-1]}{f' ({shown})' if shown else ''}, "
+            "before the flow started (Prefect leaves that step's error in the worker's log)"
+        )
+    return (
+        _line(f"the run's error: {errors[-1].strip().splitlines()[0]}")
+        if errors and errors[-1].strip()
+        else None
+    )
+
+
+STEP_STARTED: Final = "Executing deployment step: "  # Prefect's log line before each pull step
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _line(text: str) -> str:
+    return text if len(text) <= CAUSE_MAX else text[: CAUSE_MAX - 1] + "…"
 
 
 def _why(exc: Exception) -> str:

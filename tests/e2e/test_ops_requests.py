@@ -764,3 +764,49 @@ def test_the_bridge_manifests_are_accepted_and_its_identity_reaches_no_secret_or
             with pytest.raises(ApiException) as denied:
                 attempt()
             assert denied.value.status == 403
+
+
+@proves(
+    fault="every run of a request crashes before the flow starts: its deployment's working directory "
+    "does not exist (prefect deploy from the wrong folder)",
+    where="the flow-run process a process worker starts for the bridge's run (the pull step)",
+    outcome="the request ends Failed naming where the run died (the pull step and its folder), not "
+    "only 'Process exited with status code: 1'; no secret in it",
+)
+def test_a_crashed_run_fails_the_request_with_the_crashs_cause(
+    stack: PrefectStack, make_database: DatabaseFactory, bridges: StartBridge
+) -> None:
+    db = make_database(replicas=1)
+    password = db.secret_data()["password"]
+    manual = next(d for d in stack.api("POST", "/deployments/filter", {}) if d["name"] == "manual")
+    missing = f"/nonexistent/checkout-{uuid.uuid4().hex[:6]}"
+    broken = stack.api(
+        "POST",
+        "/deployments/",
+        {
+            "name": f"wrong-folder-{uuid.uuid4().hex[:6]}",
+            "flow_id": manual["flow_id"],
+            "entrypoint": manual["entrypoint"],
+            "work_pool_name": manual["work_pool_name"],
+            "work_queue_name": "default",
+            "parameter_openapi_schema": manual["parameter_openapi_schema"],
+            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": missing}}],
+        },
+    )
+    try:
+        bridges("--deployment", f"rotate-mssql-auth/{broken['name']}")
+
+        request = apply(db, maxRetries=0)
+        done = wait_phase(db, request["metadata"]["name"], "Failed", "Successful")
+    finally:
+        stack.api("DELETE", f"/deployments/{broken['id']}")
+
+    [run] = runs_of(stack, request)
+    assert run["state_type"] == "CRASHED"
+    [failed] = [cond for cond in done["status"]["conditions"] if cond["type"] == "Failed"]
+    message = failed["message"]
+    assert message.startswith(run["state"]["message"].rstrip(". ")), message
+    assert f"; it died in its deployment's pull step set_working_directory (directory: {missing})" in message
+    assert message.endswith("(attempt 1 of 1)") and "Traceback" not in message
+    assert password not in message
+    assert db.secret_data()["password"] == password and not is_paused(db)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
+import tomllib
 import urllib.error
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from sandbox.cluster import Database, Sandbox
-from sandbox.prefect_stack import K8S_POOL, LOCAL_POOL, PrefectStack
+from sandbox.prefect_stack import K8S_FLEET_POOL, K8S_POOL, LOCAL_POOL, PREFECT, PROJECT_DIR, PrefectStack
 from tests.e2e.conftest import DatabaseFactory
 from tests.fault_matrix import proves
 from tests.support import assert_rotated, is_paused, logs_in
@@ -51,13 +55,22 @@ def test_prefect_deploy_registers_the_fleet_schedules_and_the_manual_and_in_clus
 ) -> None:
     found = deployments(stack)
 
-    assert set(found) == {"scheduled", "recover", "manual", "in-cluster"}
+    assert set(found) == {
+        "scheduled",
+        "recover",
+        "manual",
+        "in-cluster",
+        "scheduled-in-cluster",
+        "recover-in-cluster",
+    }
     flows = {f["id"]: f["name"] for f in stack.api("POST", "/flows/filter", {})}
     assert {name: flows[d["flow_id"]] for name, d in found.items()} == {
         "scheduled": "rotate-mssql-fleet",
         "recover": "rotate-mssql-fleet",
         "manual": "rotate-mssql-auth",
         "in-cluster": "rotate-mssql-auth",
+        "scheduled-in-cluster": "rotate-mssql-fleet",
+        "recover-in-cluster": "rotate-mssql-fleet",
     }
     [daily] = found["scheduled"]["schedules"]
     assert daily["schedule"]["cron"] == "0 3 * * *" and daily["schedule"]["timezone"] == "UTC"
@@ -66,20 +79,38 @@ def test_prefect_deploy_registers_the_fleet_schedules_and_the_manual_and_in_clus
     [every_ten_minutes] = found["recover"]["schedules"]
     assert every_ten_minutes["schedule"]["interval"] == 600
     assert found["recover"]["parameters"] == {"mode": "recover"}
-    [trigger] = stack.api("POST", "/automations/filter", {})
-    assert trigger["trigger"]["expect"] == ["prefect.flow-run.Crashed"]
-    assert trigger["actions"][0]["deployment_id"] == found["recover"]["id"]
+    # The in-cluster fleet: the same schedules and parameters, shipped inactive (one rotation schedule
+    # at a time; deployments/README.md says how to switch over).
+    for name, twin in (("scheduled-in-cluster", "scheduled"), ("recover-in-cluster", "recover")):
+        assert found[name]["parameters"] == found[twin]["parameters"], name
+        [mine], [theirs] = found[name]["schedules"], found[twin]["schedules"]
+        when = {k: v for k, v in mine["schedule"].items() if k != "anchor_date"}  # the deploy's moment
+        assert when == {k: v for k, v in theirs["schedule"].items() if k != "anchor_date"}, name
+        assert mine["active"] is False, name
+        assert found[name]["work_pool_name"] == K8S_FLEET_POOL
+        assert found[name]["job_variables"] == {"finished_job_ttl": 3600}
+    assert found["recover-in-cluster"]["global_concurrency_limit"]["limit"] == 1
+    assert found["recover-in-cluster"]["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    # Recovery's triggers start `recover` only: never an in-cluster deployment.
+    automations = stack.api("POST", "/automations/filter", {})
+    assert automations
+    assert any("prefect.flow-run.Crashed" in a["trigger"]["expect"] for a in automations)
+    for automation in automations:
+        assert {action["deployment_id"] for action in automation["actions"]} == {found["recover"]["id"]}
     assert found["manual"]["schedules"] == []
     assert all(d["enforce_parameter_schema"] for d in found.values())
     assert found["manual"]["work_pool_name"] == LOCAL_POOL
     assert found["in-cluster"]["work_pool_name"] == K8S_POOL
     # The pool's template fixes image, command, namespace and identity; a run may only set the TTL.
     assert found["in-cluster"]["job_variables"] == {"finished_job_ttl": 3600}
-    job = stack.api("GET", f"/work_pools/{K8S_POOL}")["base_job_template"]["job_configuration"]
-    assert job["namespace"] == "mssql-auth-rotation"
-    assert job["job_manifest"]["spec"]["template"]["spec"]["serviceAccountName"] == "mssql-auth-rotation"
-    pools = {p["name"]: p["type"] for p in stack.api("POST", "/work_pools/filter", {})}
-    assert pools[LOCAL_POOL] == "process" and pools[K8S_POOL] == "kubernetes"
+    pools = {p["name"]: p for p in stack.api("POST", "/work_pools/filter", {})}
+    assert pools[LOCAL_POOL]["type"] == "process"
+    # Each kubernetes pool runs its Jobs in namespace mssql-auth-rotation under its own identity.
+    for pool, account in ((K8S_POOL, "mssql-auth-rotation"), (K8S_FLEET_POOL, "mssql-auth-rotation-fleet")):
+        assert pools[pool]["type"] == "kubernetes"
+        job = pools[pool]["base_job_template"]["job_configuration"]
+        assert job["namespace"] == "mssql-auth-rotation"
+        assert job["job_manifest"]["spec"]["template"]["spec"]["serviceAccountName"] == account, pool
 
 
 def test_every_parameter_of_the_form_has_a_title_and_a_description(stack: PrefectStack) -> None:
@@ -275,3 +306,106 @@ def test_a_rotation_killed_on_a_worker_is_finished_without_anyone_acting(
     assert [r["parameters"]["database"] for r in recoveries] == [f"rotate-auth {db.namespace}/{db.name}"]
     assert_rotated(db, original)
     print(f"healed {took:.1f} s after the kill")  # the measured number, for docs/performance.md
+
+
+def test_every_deployment_carries_the_release_as_its_version(stack: PrefectStack) -> None:
+    release = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["version"]
+
+    found = deployments(stack)
+
+    assert {name: d["version"] for name, d in found.items()} == dict.fromkeys(found, release)
+
+
+@proves(
+    fault="recover runs piling up while none can run (a worker outage: each comes due every 10 minutes)",
+    where="rotate-mssql-fleet/recover on the local Prefect server, two runs proposed Pending",
+    outcome="one at a time: the deployment's concurrency limit 1 (CANCEL_NEW) cancels the newcomer "
+    "instead of queueing it",
+)
+def test_recover_runs_one_at_a_time_and_cancels_the_ones_that_pile_up(stack: PrefectStack) -> None:
+    recover = deployments(stack)["recover"]
+    assert recover["global_concurrency_limit"]["limit"] == 1
+    assert recover["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+    # A paused queue of the pool: the worker leaves these runs alone, as it would during an outage.
+    queue = f"outage-{uuid.uuid4().hex[:6]}"
+    stack.api("POST", f"/work_pools/{LOCAL_POOL}/queues", {"name": queue, "is_paused": True})
+    first, second = (
+        stack.api("POST", f"/deployments/{recover['id']}/create_flow_run", {"work_queue_name": queue})
+        for _ in range(2)
+    )
+    try:
+        taken = stack.api("POST", f"/flow_runs/{first['id']}/set_state", {"state": {"type": "PENDING"}})
+        refused = stack.api("POST", f"/flow_runs/{second['id']}/set_state", {"state": {"type": "PENDING"}})
+
+        assert taken["status"] == "ACCEPT"
+        assert refused["status"] == "REJECT" and refused["state"]["type"] == "CANCELLED"
+        assert stack.api("GET", f"/flow_runs/{second['id']}")["state_type"] == "CANCELLED"
+    finally:
+        stack.api(
+            "POST", f"/flow_runs/{first['id']}/set_state", {"state": {"type": "CANCELLED"}, "force": True}
+        )
+
+
+@proves(
+    fault="prefect deploy run by a script whose $PWD is another folder; and with --prefect-file from "
+    "a folder that is not the checkout",
+    where="prefect.yaml's build step (rotation/release.py), on the local stack",
+    outcome="the registered working directory is the checkout whatever $PWD says, and the worker's run "
+    "rotates (each pod's tasks named after it); from another folder the deploy is refused, naming "
+    "the checkout, and nothing is registered",
+)
+def test_a_deploy_from_anywhere_registers_the_checkout_and_its_runs_work(
+    stack: PrefectStack, make_database: DatabaseFactory, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "ci-workspace"
+    shutil.copytree(PROJECT_DIR / "flows", elsewhere / "flows")  # even with the flows' files there
+
+    deployed = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--name", "manual"],
+        cwd=PROJECT_DIR,
+        env=stack.env(PWD=str(elsewhere)),  # a script's cwd is the checkout; its inherited $PWD is not
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    manual = deployments(stack)["manual"]
+    assert manual["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_DIR)}}
+    ]
+    refused = subprocess.run(
+        [
+            PREFECT,
+            "--no-prompt",
+            "deploy",
+            "--name",
+            "manual",
+            "--prefect-file",
+            str(PROJECT_DIR / "prefect.yaml"),
+        ],
+        cwd=elsewhere,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert refused.returncode != 0
+    assert f"prefect deploy runs in {elsewhere}, which is not the mssql-auth-rotation checkout" in (
+        refused.stdout + refused.stderr
+    )
+    assert deployments(stack)["manual"]["updated"] == manual["updated"]
+
+    db = make_database(replicas=3)
+    original = db.secret_data()["password"]
+    run = stack.api(
+        "POST",
+        f"/deployments/{manual['id']}/create_flow_run",
+        {"parameters": {"namespace": db.namespace, "database": db.name}},
+    )
+    assert wait_for_runs(stack, [run["id"]])[run["id"]]["state_type"] == "COMPLETED"
+    assert_rotated(db, original)
+    names = {
+        t["name"]
+        for t in stack.api("POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    }
+    assert {f"{step} {pod}" for pod in db.pods for step in ("evict-pod", "check-pod-running")} <= names

@@ -12,8 +12,9 @@ import threading
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterKey,
@@ -21,6 +22,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 from prefect.client.schemas.objects import FlowRun
+from prefect.concurrency import _leases as prefect_leases
 from prefect.exceptions import ObjectNotFound
 
 from flows.rotate_fleet import FleetReport, rotate_mssql_fleet
@@ -213,3 +215,34 @@ def test_recovery_finishes_interrupted_rotations_and_only_those(
     assert (outcomes["due"].planned.decision, outcomes["due"].outcome) == (Decision.NOT_DUE, "")
     assert_rotated(crashed, originals["crashed"])
     assert due.secret_data()["password"] == originals["due"]
+
+
+@proves(
+    fault="every renewal of the rotations' slots of the shared concurrency limit fails (the Prefect API "
+    "unreachable for them; Prefect gives up after its first attempt)",
+    where="Prefect's client: renew_concurrency_lease, while rotate-mssql-fleet rotates two due databases",
+    outcome="only logged: no rotation is interrupted (Prefect's strict default would inject a "
+    "cancellation into the rotation's thread, anywhere); both rotated; the fleet run completes with "
+    "its report",
+)
+def test_failed_renewals_of_the_shared_limit_never_interrupt_a_rotation(
+    sandbox: Sandbox, fleet_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = fleet_namespace
+    dbs = [_make(sandbox, ns, f"db-{i}") for i in range(2)]
+    originals = {db.name: db.secret_data()["password"] for db in dbs}
+    renewals: list[object] = []
+
+    def unreachable(self: SyncPrefectClient, lease_id: object, lease_duration: float) -> None:
+        renewals.append(lease_id)
+        raise httpx.ConnectError("injected: the Prefect API does not answer")
+
+    monkeypatch.setattr(SyncPrefectClient, "renew_concurrency_lease", unreachable)
+    monkeypatch.setattr(prefect_leases, "_RENEWAL_MAX_ATTEMPTS", 1)  # give up at the first failure
+
+    report = rotate_mssql_fleet(namespaces=[ns], max_age="30d", concurrency=2)
+
+    assert len(renewals) >= 2, "the renewals were never attempted: the fault was not exercised"
+    assert [o.outcome for o in report.outcomes] == ["Successful", "Successful"]
+    for db in dbs:
+        assert_rotated(db, originals[db.name])

@@ -231,3 +231,20 @@ def test_a_second_concurrent_rotation_of_the_same_database_is_refused_naming_the
     assert first_outcome and first_outcome[0].outcome == "Successful"  # type: ignore[attr-defined]
     new = db.secret_data()["password"]
     assert all(logs_in(db, pod, new) for pod in db.pods)
+
+
+def test_a_rotation_with_nothing_to_do_ends_in_a_skipped_state_saying_why(
+    make_database: DatabaseFactory,
+) -> None:
+    db = make_database(replicas=1)  # its credentials are brand new
+    original = db.secret_data()["password"]
+
+    state = rotate_mssql_auth(namespace=db.namespace, database=db.name, max_age="30d", return_state=True)
+
+    assert state.is_completed() and state.name == "Skipped"
+    assert state.message is not None and state.message.startswith(
+        "Nothing to do: not due: credentials 0m old"
+    )
+    report = state.result()
+    assert report.outcome == "Skipped"
+    assert db.secret_data()["password"] == original

@@ -35,7 +35,8 @@ class PrefectRetries(logging.Handler):
         self.tasks: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if " - Retry " in record.getMessage():
+        # Prefect's "- Retry N/M will start", as tasks/_policy.py rewrites it: "- retry N will start".
+        if " - retry " in record.getMessage().lower():
             self.tasks.append(str(getattr(record, "task_name", "?")))
 
     def of(self, task: str) -> int:

@@ -165,8 +165,14 @@ def test_sandbox_stack_serves_ui_deployments_and_bridge_from_postgres_and_stops_
             assert page.status == 200 and b"<html" in page.read().lower()
         prefect_yaml = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
         declared = {deployment["name"] for deployment in prefect_yaml["deployments"]}
-        assert {"scheduled", "manual", "in-cluster"} <= declared
-        assert declared == {"scheduled", "recover", "manual", "in-cluster"}
+        assert declared == {
+            "scheduled",
+            "recover",
+            "manual",
+            "in-cluster",
+            "scheduled-in-cluster",
+            "recover-in-cluster",
+        }
         assert deployment_names(ui_port) == declared
         assert asyncio.run(deployment_names_in_postgres(socket_dir, pg_port)) == declared
         assert "kubectl apply -f deployments/examples/rotate-auth.yaml" in output

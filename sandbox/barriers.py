@@ -3,7 +3,8 @@
 A write to a barrier yields a resourceVersion; a watch delivers events in resourceVersion order, so
 once a watch's handler has seen its barrier's write it has seen every earlier event of its kind
 (``Sandbox.settle()``). The barriers live in their own namespace and match nothing the controllers
-act on: the pod has no KubeDB labels, the PDB selects no pod, the ops request names no database.
+act on: the pod has no KubeDB labels (the scheduler binds it, and its image runs nowhere), the ops
+request names no database.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 from kubernetes import client
 
 from sandbox import kubedb_shapes as shapes
-from sandbox.pdb_api import PolicyV1beta1
 
 BARRIER_NS, BARRIER = "sandbox-system", "barrier"
 BARRIER_KEY = "sandbox.mssql-auth-rotation/barrier"  # the annotation stamped; a label nothing carries
@@ -24,7 +24,6 @@ class Barriers:
     def __init__(self, api: client.ApiClient) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
-        self.policy = PolicyV1beta1(api)
         custom_kinds = {
             "petsets": (shapes.PETSET_GROUP, shapes.PETSET_VERSION, shapes.PETSET_PLURAL),
             "mssqlservers": (shapes.GROUP, shapes.VERSION, shapes.PLURAL),
@@ -33,7 +32,6 @@ class Barriers:
         self._writers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "pods": lambda patch: self.core.patch_namespaced_pod(BARRIER, BARRIER_NS, patch),
             "secrets": lambda patch: self.core.patch_namespaced_secret(BARRIER, BARRIER_NS, patch),
-            "poddisruptionbudgets": lambda patch: self.policy.patch(BARRIER_NS, BARRIER, patch),
         }
         for kind, (group, version, plural) in custom_kinds.items():
             self._writers[kind] = self._custom_writer(group, version, plural)
@@ -52,13 +50,6 @@ class Barriers:
             BARRIER_NS, {"metadata": meta, "spec": {"containers": [{"name": "pause", "image": "pause"}]}}
         )
         self.core.create_namespaced_secret(BARRIER_NS, {"metadata": meta})
-        self.policy.create(
-            BARRIER_NS,
-            {
-                "metadata": meta,
-                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {BARRIER_KEY: "none"}}},
-            },
-        )
         petset_spec = {
             "replicas": 0,
             "selector": {"matchLabels": {BARRIER_KEY: "none"}},

@@ -1,4 +1,5 @@
-"""The whole sandbox: control plane, KubeDB's CRDs, the emulated controllers and SQL instances.
+"""The whole sandbox: control plane (with the real controller-manager and scheduler), KubeDB's CRDs,
+the emulated KubeDB controllers and kubelet, and the SQL instances.
 
 Used by ``python -m sandbox up``, the pytest fixtures and the demo alike.
 """
@@ -6,6 +7,7 @@ Used by ``python -m sandbox up``, the pytest fixtures and the demo alike.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import logging
 import tempfile
@@ -20,19 +22,19 @@ from typing import Any
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
 
 from sandbox import kubedb_shapes as shapes
 from sandbox import podview
 from sandbox.addresses import AddressPlan
-from sandbox.barriers import BARRIER_NS, Barriers
-from sandbox.controlplane import ControlPlane
+from sandbox.barriers import BARRIER, BARRIER_NS, Barriers
+from sandbox.controlplane import READY_TIMEOUT_S, ControlPlane
 from sandbox.coordinator import Coordinator
-from sandbox.disruption import DisruptionController
 from sandbox.faultproxy import FaultProxy
 from sandbox.fleet import PodKey, SqlFleet
 from sandbox.kubelet import PetSetKubelet
 from sandbox.ops_webhook import OpsWebhook
-from sandbox.pdb_api import PolicyV1beta1
 from sandbox.provisioner import Provisioner
 from sandbox.settings import Settings
 from sandbox.sqlserver import InstanceState
@@ -129,7 +131,6 @@ class Sandbox:
         self._kubelet: PetSetKubelet | None = None
         self._provisioner: Provisioner | None = None
         self._coordinator: Coordinator | None = None
-        self._disruption: DisruptionController | None = None
         self._barriers: Barriers | None = None
         self._barrier_count = 0
         self._database_namespaces: set[str] = set()  # every namespace a database was created in
@@ -137,16 +138,30 @@ class Sandbox:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Sandbox:
         try:
-            self.control_plane.start()
+            self.control_plane.start_api()
             self.api = config.new_client_from_config(str(self.kubeconfig))
             self.core = client.CoreV1Api(self.api)
             self.custom = client.CustomObjectsApi(self.api)
-            self.policy = PolicyV1beta1(self.api)
+            # policy/v1beta1 (the only PDB API of 1.20) and discovery.k8s.io/v1beta1 have no typed
+            # class in the client: its dynamic client, with its discovery cache in the sandbox's folder.
+            self.dynamic = DynamicClient(
+                self.api, cache_file=str(self.control_plane.workdir / "discovery-cache.json")
+            )
+            self.pdbs = self.dynamic.resources.get(api_version="policy/v1beta1", kind="PodDisruptionBudget")
+            # The CRDs first: the garbage collector and the disruption controller then know PetSets
+            # and MSSQLServers from their first discovery.
             self._install_crds()
+            self.control_plane.start_controllers()
             self._start_controllers()
             self.ensure_namespace(BARRIER_NS)
             self._barriers = Barriers(self.api)
             self._barriers.create()
+            # The scheduler's first effect: the barrier pod bound to the kubelet's node.
+            self._wait(
+                lambda: self.core.read_namespaced_pod(BARRIER, BARRIER_NS).spec.node_name,
+                "kube-scheduler to bind the first pod",
+                READY_TIMEOUT_S,
+            )
         except BaseException:
             self.stop()
             raise
@@ -155,7 +170,7 @@ class Sandbox:
     def stop(self) -> None:
         for watcher in self._watchers:
             watcher.stop()
-        for controller in (self._kubelet, self._coordinator, self._disruption):
+        for controller in (self._kubelet, self._coordinator):
             if controller is not None:
                 controller.stop()
         for watcher in self._watchers:
@@ -201,9 +216,7 @@ class Sandbox:
         coordinator = Coordinator(self._new_api_client(), self.fleet, self.timeline, settings)
         provisioner = Provisioner(self._new_api_client(), self.timeline, settings)
         webhook = OpsWebhook(self._new_api_client())
-        disruption = DisruptionController(self._new_api_client())
         self._kubelet, self._coordinator, self._provisioner = kubelet, coordinator, provisioner
-        self._disruption = disruption
 
         def custom_watch(
             name: str, handler: Handler, group: str, version: str, plural: str
@@ -213,7 +226,7 @@ class Sandbox:
                 name, api.list_cluster_custom_object, handler, group=group, version=version, plural=plural
             )
 
-        on_pod = _fan_out(kubelet.on_pod, coordinator.on_pod, provisioner.on_pod, disruption.on_pod)
+        on_pod = _fan_out(kubelet.on_pod, coordinator.on_pod, provisioner.on_pod)
         self._watchers = [
             ResourceWatcher(
                 "pods", client.CoreV1Api(self._new_api_client()).list_pod_for_all_namespaces, on_pod
@@ -235,11 +248,6 @@ class Sandbox:
                 shapes.OPS_GROUP,
                 shapes.OPS_VERSION,
                 shapes.OPS_PLURAL,
-            ),
-            ResourceWatcher(
-                "poddisruptionbudgets",
-                PolicyV1beta1(self._new_api_client()).list_for_all_namespaces,
-                disruption.on_pdb,
             ),
         ]
         kubelet.start()
@@ -295,6 +303,12 @@ class Sandbox:
         assert self._kubelet is not None
         self._kubelet.fail_starts(PodKey(namespace, pod), failing)
 
+    def pod_log(self, namespace: str, pod: str, container: str | None = None, previous: bool = False) -> str:
+        """What ``kubectl logs [-c container] [--previous]`` shows for a pod of the project's image
+        (sandbox/process_pods.py), kept after the pod is deleted until a pod of that name starts."""
+        assert self._kubelet is not None
+        return self._kubelet.process_pods.read_log(namespace, pod, container, previous)
+
     def coordination_leases(self, namespace: str) -> list[str]:
         """Names of the Leases in a namespace that somebody holds (the rotation's lock is one; a
         released lock stays as a Lease with no holder, and is not listed)."""
@@ -327,38 +341,41 @@ class Sandbox:
         return set(self._database_namespaces)
 
     def remove_databases(self, namespace: str) -> None:
-        """Delete every database of ``namespace`` with what KubeDB created for it (PetSets, pods,
-        services, secrets, budget), and wait until their SQL Servers have stopped. Nothing collects
-        garbage here (no controller-manager): without this, a test's databases keep their servers,
-        threads and sockets until the sandbox stops, and their names stay taken."""
+        """Delete every database of ``namespace`` and wait until what it owned is gone and its SQL
+        Servers have stopped. Deleting the MSSQLServer is all it takes, as with KubeDB: the
+        provisioner's WipeOut hands the auth secret to the database, and the real garbage collector
+        removes its PetSets (then their pods), Services, Secrets and budget. Without this, a test's
+        databases keep their servers, threads and sockets until the sandbox stops."""
         databases = self.custom.list_namespaced_custom_object(
             shapes.GROUP, shapes.VERSION, namespace, shapes.PLURAL
         )["items"]
-        for group, version, plural in (
-            (shapes.GROUP, shapes.VERSION, shapes.PLURAL),
-            (shapes.PETSET_GROUP, shapes.PETSET_VERSION, shapes.PETSET_PLURAL),  # before the pods
-        ):
-            for obj in self.custom.list_namespaced_custom_object(group, version, namespace, plural)["items"]:
-                _unless_gone(
-                    self.custom.delete_namespaced_custom_object,
-                    group,
-                    version,
-                    namespace,
-                    plural,
-                    obj["metadata"]["name"],
-                )
-        for pod in self.core.list_namespaced_pod(namespace).items:
-            delete = self.core.delete_namespaced_pod
-            _unless_gone(delete, pod.metadata.name, namespace, grace_period_seconds=0)
         for db in databases:
-            name = db["metadata"]["name"]
-            owned = f"{podview.INSTANCE_LABEL}={name},app.kubernetes.io/managed-by=kubedb.com"
-            for secret in self.core.list_namespaced_secret(namespace, label_selector=owned).items:
-                _unless_gone(self.core.delete_namespaced_secret, secret.metadata.name, namespace)
-            for service in self.core.list_namespaced_service(namespace, label_selector=owned).items:
-                _unless_gone(self.core.delete_namespaced_service, service.metadata.name, namespace)
-            self.set_pdb(namespace, name, None)
-        self._wait(lambda: not self.fleet.running_in(namespace), f"the SQL Servers of {namespace} to stop")
+            _unless_gone(
+                self.custom.delete_namespaced_custom_object,
+                shapes.GROUP,
+                shapes.VERSION,
+                namespace,
+                shapes.PLURAL,
+                db["metadata"]["name"],
+            )
+        uids = {db["metadata"]["uid"] for db in databases}
+
+        def collected() -> bool:
+            if self.fleet.running_in(namespace):
+                return False
+            left = self.custom.list_namespaced_custom_object(
+                shapes.GROUP, shapes.VERSION, namespace, shapes.PLURAL
+            )["items"]
+            if any(db["metadata"]["uid"] in uids for db in left):
+                return False
+            petsets = self.custom.list_namespaced_custom_object(
+                shapes.PETSET_GROUP, shapes.PETSET_VERSION, namespace, shapes.PETSET_PLURAL
+            )["items"]
+            return not petsets and not any(
+                podview.owner_petset(p) is not None for p in podview.list_pods(self.core, namespace)
+            )
+
+        self._wait(collected, f"the databases of {namespace} and what they owned to be collected")
         self.fleet.retire(namespace)
 
     def service_account_kubeconfig(
@@ -448,6 +465,9 @@ class Sandbox:
         if tls:
             ca = make_database_ca(namespace, name)
             for secret in certificate_secrets(namespace, name, replicas, ca):
+                # cert-manager with --enable-certificate-owner-ref, its Certificate being the
+                # database's: collapsed into one owner reference, so the secrets go with the database.
+                secret["metadata"]["ownerReferences"] = [{**shapes.owner_reference(db), "controller": False}]
                 self.core.create_namespaced_secret(namespace, secret)
             database_tls = DatabaseTls(ca, force_encryption=client_tls)
         self.fleet.certificates.set_database(namespace, name, database_tls)
@@ -465,7 +485,7 @@ class Sandbox:
             name,
             {"status": {"phase": "Provisioning"}},
         )
-        for service in shapes.services(name, replicas):
+        for service in shapes.services(db, replicas):
             self.core.create_namespaced_service(namespace, service)
         petsets = [shapes.petset(db, replicas)]
         if shapes.has_arbiter(replicas):
@@ -544,20 +564,32 @@ class Sandbox:
 
     def set_pdb(self, namespace: str, database: str, spec: dict[str, Any] | None) -> None:
         """Create or change the PodDisruptionBudget ``<database>`` (``spec`` holds minAvailable or
-        maxUnavailable; the selector is the database's), or delete it with None."""
+        maxUnavailable; the selector is the database's; owned by the database), or delete it with
+        None. Its status is the real disruption controller's."""
         if spec is None:
-            try:
-                self.policy.delete(namespace, database)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+            with contextlib.suppress(NotFoundError):
+                self.pdbs.delete(name=database, namespace=namespace)
             return
-        body = shapes.pod_disruption_budget(database, spec)
+        db = self.custom.get_namespaced_custom_object(
+            shapes.GROUP, shapes.VERSION, namespace, shapes.PLURAL, database
+        )
+        body = shapes.pod_disruption_budget(db, spec)
+        if self.read_pdb(namespace, database) is None:
+            self.pdbs.create(body=body, namespace=namespace)
+            return
+        # A merge patch: null drops the bound not given (a PDB may not carry both).
+        replaced = {"minAvailable": None, "maxUnavailable": None, **body["spec"]}
+        self.pdbs.patch(
+            body={"spec": replaced},
+            name=database,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
+    def read_pdb(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The PodDisruptionBudget as the API server has it (spec and status), None if there is none."""
         try:
-            self.policy.create(namespace, body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            # A merge patch: null drops the bound not given (a PDB may not carry both).
-            replaced = {"minAvailable": None, "maxUnavailable": None, **body["spec"]}
-            self.policy.patch(namespace, database, {"spec": replaced})
+            found = self.pdbs.get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        return found.to_dict()  # type: ignore[no-any-return]

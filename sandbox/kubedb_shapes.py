@@ -16,6 +16,7 @@ GROUP, VERSION, PLURAL = "kubedb.com", "v1alpha2", "mssqlservers"
 PETSET_GROUP, PETSET_VERSION, PETSET_PLURAL = "apps.k8s.appscode.com", "v1", "petsets"
 SQL_PORT = 1433
 MSSQL_VERSION = "2022-cu12"
+FINALIZER = "kubedb.com"  # am apis/kubedb/constants.go GenericKey: KubeDB's finalizer on a database
 AUTH_ACTIVE_FROM = "kubedb.com/auth-active-from"  # am apis/kubedb/constants.go AuthActiveFromAnnotation
 BASIC_AUTH, OPAQUE = "kubernetes.io/basic-auth", "Opaque"
 ARBITER_SUFFIX = "-arbiter"  # docs guides/mssqlserver/clustering/arbiter.md; MongoDB's NodeTypeArbiter
@@ -216,7 +217,9 @@ def mssqlserver(db: str, replicas: int, tls: dict[str, Any] | None = None) -> di
         spec["arbiter"] = {"resources": {"requests": {"cpu": "200m", "memory": "256Mi"}}}
     if tls is not None:
         spec["tls"] = tls
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MSSQLServer", "metadata": {"name": db}, "spec": spec}
+    # With KubeDB's finalizer, as its operator leaves a database it has taken up.
+    metadata = {"name": db, "finalizers": [FINALIZER]}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MSSQLServer", "metadata": metadata, "spec": spec}
 
 
 def _sa_password_env(secret_name: str) -> dict[str, Any]:
@@ -292,14 +295,16 @@ def _coordinator(env: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": "mssql-coordinator", "image": "kubedb/mssql-coordinator:v0.3.0", "env": env}
 
 
-def services(db: str, replicas: int) -> list[dict[str, Any]]:
+def services(db_obj: dict[str, Any], replicas: int) -> list[dict[str, Any]]:
     """``<db>`` (the primary), ``<db>-pods`` (governing, headless), ``<db>-stats``, and in an AG
-    ``<db>-secondary``."""
+    ``<db>-secondary``; each owned by the database (KubeDB's ensureService), so the garbage
+    collector removes them with it. Their Endpoints are the endpoints controller's."""
+    db = db_obj["metadata"]["name"]
     port = [{"name": "db", "port": SQL_PORT, "targetPort": "db"}]
     ag = is_availability_group(replicas)
 
     def service(name: str, selector: dict[str, str], **spec: Any) -> dict[str, Any]:
-        meta = {"name": name, "labels": pod_labels(db, None)}
+        meta = {"name": name, "labels": pod_labels(db, None), "ownerReferences": [owner_reference(db_obj)]}
         return {
             "apiVersion": "v1",
             "kind": "Service",
@@ -324,11 +329,12 @@ def services(db: str, replicas: int) -> list[dict[str, Any]]:
     return made
 
 
-def pod_from_template(petset_obj: dict[str, Any], ordinal: int, node: str, sql_port: int) -> dict[str, Any]:
+def pod_from_template(petset_obj: dict[str, Any], ordinal: int, sql_port: int) -> dict[str, Any]:
     """What the PetSet controller creates for one ordinal: the template plus the pod's identity.
 
-    No role label: the coordinator gives roles. ``sql_port`` is declared as the ``mssql`` container's
-    ``db`` port (1433 unless the sandbox runs on IPv6, where each pod has its own).
+    No ``nodeName``: the scheduler binds the pod. No role label: the coordinator gives roles.
+    ``sql_port`` is declared as the ``mssql`` container's ``db`` port (1433 unless the sandbox runs
+    on IPv6, where each pod has its own).
     """
     name = f"{petset_obj['metadata']['name']}-{ordinal}"
     template = copy.deepcopy(petset_obj["spec"]["template"])
@@ -359,7 +365,6 @@ def pod_from_template(petset_obj: dict[str, Any], ordinal: int, node: str, sql_p
         },
         "spec": {
             **template["spec"],
-            "nodeName": node,
             "hostname": name,
             "subdomain": petset_obj["spec"]["serviceName"],
             "terminationGracePeriodSeconds": 30,
@@ -377,12 +382,18 @@ def declared_sql_port(pod: dict[str, Any]) -> int | None:
     return None
 
 
-def pod_disruption_budget(db: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """A policy/v1beta1 PDB named after the database over its pods (the arbiter's too)."""
+def pod_disruption_budget(db_obj: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A policy/v1beta1 PDB named after the database over its pods (the arbiter's too), owned by
+    the database so that the garbage collector removes it with it."""
+    db = db_obj["metadata"]["name"]
     return {
         "apiVersion": "policy/v1beta1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": db, "labels": pod_labels(db, None)},
+        "metadata": {
+            "name": db,
+            "labels": pod_labels(db, None),
+            "ownerReferences": [owner_reference(db_obj)],
+        },
         "spec": {**spec, "selector": {"matchLabels": selector_labels(db)}},
     }
 

@@ -1,9 +1,11 @@
 """Emulated PetSet controller and kubelet, driven only through the API server.
 
+- The kubelet registers one Node, ``NODE_NAME`` (Ready, this machine's CPUs and memory), and runs
+  only the pods the real kube-scheduler binds to it (``spec.nodeName``).
 - A PetSet owns the pods ``<petset>-0..N-1`` it created from its template (found by their controller
   reference, not by labels: a database's PetSet and its arbiter's select the same labels). Pods come
-  without a role label (the coordinator gives roles); in IPv6 mode each new pod's spec declares its
-  own SQL port.
+  unbound (the scheduler binds them) and without a role label (the coordinator gives roles); in IPv6
+  mode each new pod's spec declares its own SQL port.
 - A pod that is deleted or evicted (``deletionTimestamp`` set) is stopped after ``pod_stop_delay``,
   then removed; after ``pod_start_delay`` the PetSet controller creates it again.
 - When a pod starts it gets an address (a fresh one per start by default); its ``mssql`` container
@@ -14,6 +16,9 @@
   unverified); otherwise whenever its SQL Server runs. A probe re-checks running pods every
   ``PROBE_PERIOD_S``.
 - A pod without an ``mssql`` container (the arbiter) runs no SQL Server and is Ready once started.
+- Every other pod bound to the node is a generic pod, ``sandbox.process_pods``'s: a pod of the
+  project's image (``Settings.project_image``) runs as local processes of this checkout; a pod of any
+  other image stays Pending with a Warning Event (reason ImageNotEmulated).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import os
+import platform
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +38,7 @@ from kubernetes.client.exceptions import ApiException
 from sandbox import kubedb_shapes as shapes
 from sandbox import podview
 from sandbox.fleet import PodKey, SqlFleet
+from sandbox.process_pods import ProcessPods
 from sandbox.settings import Settings
 from sandbox.timeline import Timeline
 from sandbox.timers import Timers
@@ -38,6 +46,10 @@ from sandbox.timers import Timers
 log = logging.getLogger("sandbox.kubelet")
 PROBE_PERIOD_S = 0.2
 NODE_NAME = "sandbox-node"
+# The node's pods capacity: above a real kubelet's default of 110, since a test session keeps many
+# small databases at once (every pod here is a few threads).
+NODE_MAX_PODS = 500
+RESERVED_MILLICPU, RESERVED_MEMORY = 100, 256 << 20  # kept back from allocatable, as kube-reserved
 
 
 @dataclass
@@ -55,6 +67,83 @@ class PodRuntime:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def bound_here(pod: dict[str, Any]) -> bool:
+    """The scheduler has bound the pod to this kubelet's node."""
+    return (pod.get("spec") or {}).get("nodeName") == NODE_NAME
+
+
+def _memory_bytes() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 8 << 30
+
+
+def node_object() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE_NAME,
+            "labels": {
+                "kubernetes.io/hostname": NODE_NAME,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+            },
+        },
+        "spec": {},
+    }
+
+
+def node_status() -> dict[str, Any]:
+    cpus, memory = os.cpu_count() or 2, _memory_bytes()
+    now = _now()
+    capacity = {"cpu": str(cpus), "memory": str(memory), "pods": str(NODE_MAX_PODS)}
+    allocatable = {
+        "cpu": f"{cpus * 1000 - RESERVED_MILLICPU}m",
+        "memory": str(memory - RESERVED_MEMORY),
+        "pods": str(NODE_MAX_PODS),
+    }
+
+    def condition(type_: str, status: str, reason: str) -> dict[str, str]:
+        return {
+            "type": type_,
+            "status": status,
+            "reason": reason,
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+
+    return {
+        "capacity": capacity,
+        "allocatable": allocatable,
+        "conditions": [
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID"),
+            condition("Ready", "True", "KubeletReady"),
+        ],
+        "addresses": [
+            {"type": "InternalIP", "address": "127.0.0.1"},
+            {"type": "Hostname", "address": NODE_NAME},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "nodeInfo": {
+            "machineID": "",
+            "systemUUID": "",
+            "bootID": "",
+            "kernelVersion": platform.release(),
+            "osImage": "mssql-auth-rotation sandbox",
+            "containerRuntimeVersion": "sandbox://emulated",
+            "kubeletVersion": "v1.20.0-sandbox",
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": "amd64",
+        },
+    }
 
 
 def _hadr_enabled(pod: dict[str, Any]) -> bool:
@@ -78,15 +167,32 @@ class PetSetKubelet:
         self._stopping = threading.Event()
         self._failing_starts: set[PodKey] = set()  # fault switch: these pods' containers never start
         self._prober = threading.Thread(target=self._probe_loop, name="kubelet-probe", daemon=True)
+        self.process_pods = ProcessPods(api, settings, NODE_NAME)  # pods that are not KubeDB's
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self.register_node()
+        self.process_pods.start()
+        # Where the API server's pods/log reaches this kubelet's log endpoint (process_pods).
+        endpoint = {"kubeletEndpoint": {"Port": self.process_pods.log_port}}
+        self.core.patch_node_status(NODE_NAME, {"status": {"daemonEndpoints": endpoint}})
         self._prober.start()
+
+    def register_node(self) -> None:
+        """The Node a kubelet registers: Ready, with this machine's CPUs and memory (allocatable
+        keeps back what a kubelet reserves for the system) and room for ``NODE_MAX_PODS`` pods."""
+        try:
+            self.core.create_node(node_object())
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        self.core.patch_node_status(NODE_NAME, {"status": node_status()})
 
     def stop(self) -> None:
         self._stopping.set()
         self._timers.cancel_all()
         self._prober.join(timeout=2)
+        self.process_pods.stop()
 
     # -- watch handlers ----------------------------------------------------------------------
     def on_petset(self, event: str, petset: dict[str, Any]) -> None:
@@ -95,13 +201,16 @@ class PetSetKubelet:
 
     def on_pod(self, event: str, pod: dict[str, Any]) -> None:
         if not podview.is_kubedb_pod(pod):
+            self.process_pods.on_pod(event, pod)  # it checks the binding itself
             return
         key = PodKey.of(pod)
         if event == "DELETED":
-            self._on_deleted(key, pod["metadata"])
+            self._on_deleted(key, pod["metadata"])  # the PetSet controller's part: any pod of a PetSet
+        elif not bound_here(pod):
+            return  # the kubelet's part: only pods the scheduler bound to this node
         elif podview.is_terminating(pod):
             self._on_terminating(key, pod)
-        elif event == "ADDED":
+        else:  # ADDED, or MODIFIED by the scheduler's binding (a known uid is left alone)
             self._on_added(key, pod)
 
     def _on_added(self, key: PodKey, pod: dict[str, Any]) -> None:
@@ -191,7 +300,7 @@ class PetSetKubelet:
             port = self.fleet.plan.port_for_new_pod(
                 PodKey(namespace, f"{name}-{ordinal}"), fresh=self.settings.new_ip_per_restart
             )
-            pod = shapes.pod_from_template(petset, ordinal, NODE_NAME, port)
+            pod = shapes.pod_from_template(petset, ordinal, port)  # unbound: the scheduler binds it
             try:
                 self.core.create_namespaced_pod(namespace, pod)
             except ApiException as exc:

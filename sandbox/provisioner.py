@@ -8,6 +8,11 @@
 - While paused (``True``) the PetSet's secret references are left alone; otherwise they follow
   ``spec.authSecret.name``, and ``spec.authSecret.activeFrom`` follows the auth secret's
   ``kubedb.com/auth-active-from`` (KubeDB's ``EnsureAuthSecret`` → ``patchAuthSecretRef``).
+- Deletion (KubeDB's finalizer ``kubedb.com`` and ``terminate``): when a database with
+  ``deletionPolicy: WipeOut`` is deleted, its auth secret (unless another database of the namespace
+  uses it) gets the database as owner, then the finalizer goes. The real garbage collector then
+  removes everything the database owns: PetSets (and through them their pods), Services, the auth
+  and certificate Secrets, a PodDisruptionBudget. Nothing here deletes anything itself.
 Everything it sees (secret writes, pause and resume) goes to the timeline.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import logging
 import threading
 from typing import Any
@@ -77,7 +83,9 @@ class Provisioner:
             else:
                 self._databases[key] = db
         self.timeline.observe_database(*key, meta["resourceVersion"], is_paused(db))
-        if event != "DELETED":
+        if event != "DELETED" and meta.get("deletionTimestamp"):
+            self._terminate(db)
+        elif event != "DELETED":
             self._reconcile(key)
 
     def on_secret(self, event: str, secret: dict[str, Any]) -> None:
@@ -128,6 +136,62 @@ class Provisioner:
         except ApiException as exc:
             if exc.status not in (404, 409):  # 409: a newer version is on its way through the watch
                 log.warning("reconcile %s/%s: %s", *key, exc.reason)
+
+    def _terminate(self, db: dict[str, Any]) -> None:
+        """KubeDB's ``terminate`` for a deleted database, then its finalizer removed (under the
+        resourceVersion read: a 409 waits for the next event)."""
+        meta = db["metadata"]
+        if shapes.FINALIZER not in (meta.get("finalizers") or []):
+            return
+        try:
+            if db["spec"].get("deletionPolicy") == "WipeOut":
+                self._own_auth_secret(db)
+            finalizers = [f for f in meta["finalizers"] if f != shapes.FINALIZER]
+            self.custom.patch_namespaced_custom_object(
+                shapes.GROUP,
+                shapes.VERSION,
+                meta["namespace"],
+                shapes.PLURAL,
+                meta["name"],
+                {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}},
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                log.warning("terminate %s/%s: %s", meta["namespace"], meta["name"], exc.reason)
+
+    def _own_auth_secret(self, db: dict[str, Any]) -> None:
+        """WipeOut: the auth secret becomes the database's (KubeDB's wipeOutDatabase: persistent
+        secrets no other database uses get the database as owner), so the collector removes it."""
+        meta = db["metadata"]
+        name = (db["spec"].get("authSecret") or {}).get("name") or f"{meta['name']}-auth"
+        others = self.custom.list_namespaced_custom_object(
+            shapes.GROUP, shapes.VERSION, meta["namespace"], shapes.PLURAL
+        )["items"]
+        if any(
+            o["metadata"]["uid"] != meta["uid"]
+            and ((o.get("spec") or {}).get("authSecret") or {}).get("name") == name
+            for o in others
+        ):
+            return
+        try:
+            reply = self.core.read_namespaced_secret(name, meta["namespace"], _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # gone already
+            raise
+        secret = json.loads(reply.data)
+        owners: list[dict[str, Any]] = secret["metadata"].get("ownerReferences") or []
+        if any(o.get("uid") == meta["uid"] for o in owners):
+            return
+        owner = shapes.owner_reference(db)
+        owner["controller"] = not any(o.get("controller") for o in owners)
+        body = {
+            "metadata": {
+                "resourceVersion": secret["metadata"]["resourceVersion"],
+                "ownerReferences": [*owners, owner],
+            }
+        }
+        self.core.patch_namespaced_secret(name, meta["namespace"], body)
 
     def _get(self, key: tuple[str, str]) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(  # type: ignore[no-any-return]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IP_FAMILIES = ("ipv4", "ipv6")
+PROJECT_IMAGE = "ghcr.io/example/mssql-auth-rotation:0.1.0"  # deployments/worker.yaml's
 
 
 @dataclass
@@ -37,6 +38,16 @@ class Settings:
     readiness_follows_password: bool = True
     """runtime: a running pod is Ready only while the sa password its container started with logs in
     to its own instance. False: Ready whenever its SQL Server runs."""
+    project_image: str = PROJECT_IMAGE
+    """runtime: the image whose pods run as local processes of this checkout (sandbox/process_pods.py);
+    pods of any other image (but KubeDB's, which are emulated) stay Pending. The default is the image
+    deployments/worker.yaml and deployments/k8s-base-job-template.json name."""
+    termination_grace_cap: float | None = None
+    """runtime: the longest a deleted generic pod's processes get between SIGTERM and SIGKILL (their
+    pod's grace period when shorter); None: the pod's grace period, as a kubelet does."""
+    restart_backoff: float = 10.0
+    """runtime: seconds before a generic pod's exited container is started again (restartPolicy Always,
+    or OnFailure after a failure), doubled at each restart up to 300 s, as a kubelet's back-off."""
 
     def __post_init__(self) -> None:
         if self.ipv4_octet is not None and not 16 <= self.ipv4_octet <= 239:

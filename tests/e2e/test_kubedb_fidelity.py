@@ -330,7 +330,7 @@ def test_secrets_managed_elsewhere_are_refused_saying_why(
 
 @proves(
     fault="a PodDisruptionBudget maxUnavailable 1 (readiness not tied to the password)",
-    where="the real API server's eviction subresource, status computed as the disruption controller does",
+    where="the real API server's eviction subresource, status computed by the real disruption controller",
     outcome="each eviction waits until the previous pod is back; the rotation completes; no pod deleted",
 )
 def test_a_disruption_budget_allowing_one_pod_away_is_honoured_without_deleting_any_pod(
@@ -361,7 +361,7 @@ def test_a_disruption_budget_that_refuses_every_eviction_fails_naming_it_and_nev
 ) -> None:
     # Pods stay Ready through Set: the real API server lets a NotReady pod be evicted while the
     # budget's last status still counts it healthy (docs/kubedb-fidelity.md), which would make the
-    # refusal below depend on how fast the disruption controller recounts.
+    # refusal below depend on how fast the (real) disruption controller recounts.
     sandbox.settings.readiness_follows_password = False
     try:
         db = make_database(replicas=3, pdb={"minAvailable": 3})

@@ -76,6 +76,9 @@ def test_sandbox_up_serves_kubectl_and_stops_everything_on_ctrl_c() -> None:
         )
         assert listing.returncode == 0, listing.stderr
         assert "cli-db" in listing.stdout and "cli-db-0" in listing.stdout
+        # The real controller-manager and scheduler run with the sandbox's kubeconfig.
+        running = {Path(f"/proc/{pid}/exe").resolve().name for pid in processes_mentioning(str(kubeconfig))}
+        assert {"kube-controller-manager", "kube-scheduler"} <= running
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
@@ -84,6 +87,7 @@ def test_sandbox_up_serves_kubectl_and_stops_everything_on_ctrl_c() -> None:
             proc.kill()
             proc.wait()
     assert not accepts_connections(port), "kube-apiserver is still running after Ctrl-C"
+    assert not processes_mentioning(str(kubeconfig)), "a controller outlived Ctrl-C"
     assert not kubeconfig.exists(), "the sandbox's temporary folder was not removed"
 
 

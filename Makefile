@@ -36,9 +36,11 @@ sandbox: setup
 
 ## Sandbox + Prefect server with UI + deployments + worker, until Ctrl-C.
 ## PREFECT_DB=postgres runs the server on a private PostgreSQL (started and stopped with the stack).
+## IN_CLUSTER=1 runs the worker and the bridge as the pods of deployments/ (the production path).
 PREFECT_DB ?= sqlite
+IN_CLUSTER ?=
 stack: setup
-	$(PY) -m sandbox stack --db $(PREFECT_DB)
+	$(PY) -m sandbox stack --db $(PREFECT_DB) $(if $(IN_CLUSTER),--in-cluster)
 
 benchmark: setup
 	$(PY) benchmarks/rotation_overhead.py

@@ -10,9 +10,11 @@ import signal
 import sys
 import threading
 
-from sandbox.cluster import Sandbox, Settings
+from sandbox import in_cluster
+from sandbox.cluster import Database, Sandbox, Settings
+from sandbox.controlplane import free_port
 from sandbox.postgres import PrivatePostgres
-from sandbox.prefect_stack import LOCAL_POOL, PrefectStack
+from sandbox.prefect_stack import K8S_POOL, LOCAL_POOL, PrefectStack
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +38,24 @@ def main(argv: list[str] | None = None) -> int:
         help="the Prefect server's database: SQLite (default) or a private PostgreSQL started and "
         "stopped with the stack (Debian's postgresql, installed by scripts/setup.sh)",
     )
+    stack.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="run the worker and the bridge as the pods of deployments/worker.yaml and bridge.yaml "
+        "(the production path: rotations run as Jobs under the ServiceAccount of rbac.yaml) instead "
+        "of a process worker and a local bridge",
+    )
     args = parser.parse_args(argv)
     if args.command == "stack":
         return run_stack(args)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print("[sandbox] starting etcd, kube-apiserver and the emulated KubeDB ...", flush=True)
+    print(
+        "[sandbox] starting etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the "
+        "emulated KubeDB ...",
+        flush=True,
+    )
     with Sandbox(
         Settings(pod_stop_delay=args.pod_stop_delay, pod_start_delay=args.pod_start_delay)
     ) as sandbox:
@@ -88,8 +101,20 @@ def run_stack(args: argparse.Namespace) -> int:
             prefect.start_server()
             print("[stack] creating work pools and deploying prefect.yaml ...", flush=True)
             prefect.deploy_all()
-            prefect.start_worker(sandbox.kubeconfig)
-            prefect.start_bridge(sandbox.kubeconfig)
+            if args.in_cluster:
+                print("[stack] applying deployments/rbac.yaml, worker.yaml and bridge.yaml ...", flush=True)
+                run_in_cluster(sandbox, prefect, db)
+                bridge_log = f"kubectl logs -n {in_cluster.NAMESPACE} -l {in_cluster.BRIDGE_LABEL}"
+            else:
+                prefect.start_worker(sandbox.kubeconfig)
+                prefect.start_bridge(sandbox.kubeconfig)
+                bridge_log = f"{prefect.home}/bridge.log"
+            workers = (
+                f"The worker pod polls {K8S_POOL} and runs each rotation as a Job in {in_cluster.NAMESPACE} "
+                "(use rotate-mssql-auth/in-cluster)"
+                if args.in_cluster
+                else f"A worker on pool {LOCAL_POOL} runs the flows"
+            )
             print(
                 f"""
 [stack] ready. Database {db.namespace}/{db.name} ({db.replicas} replicas) is Ready.
@@ -105,8 +130,8 @@ def run_stack(args: argparse.Namespace) -> int:
                 kubectl get mssqlservers,pods,secrets -n {db.namespace}
   From kubectl: kubectl apply -f deployments/examples/rotate-auth.yaml
                 kubectl get mssqlserveropsrequests -n {db.namespace} -w
-                (python -m rotation.bridge starts a run per request; log: {prefect.home}/bridge.log)
-  A worker on pool {LOCAL_POOL} runs the flows. Press Ctrl-C to stop everything.""",
+                (python -m rotation.bridge starts a run per request; log: {bridge_log})
+  {workers}. Press Ctrl-C to stop everything.""",
                 flush=True,
             )
             with contextlib.suppress(KeyboardInterrupt):
@@ -129,3 +154,16 @@ def run_stack(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_in_cluster(sandbox: Sandbox, prefect: PrefectStack, db: Database) -> None:
+    """The production path (sandbox/in_cluster.py): rbac.yaml, the database's Role, the worker and
+    the bridge as pods; returns once both pods run."""
+    in_cluster.prepare_identity(sandbox)
+    in_cluster.grant_database(sandbox, db.namespace, db.name, db.replicas, "--ops-requests")
+    in_cluster.apply(sandbox, in_cluster.worker_manifests(sandbox, prefect.api_url, free_port()))
+    in_cluster.apply(sandbox, in_cluster.bridge_manifests(sandbox, prefect.api_url, prefect.ui_url))
+    for label in (in_cluster.WORKER_LABEL, in_cluster.BRIDGE_LABEL):
+        sandbox.wait_for(
+            lambda selector=label: bool(in_cluster.running_pods(sandbox, selector)), f"pods {label} to run"
+        )

@@ -109,6 +109,7 @@ def run_stack(args: argparse.Namespace) -> int:
                 prefect.start_worker(sandbox.kubeconfig)
                 prefect.start_bridge(sandbox.kubeconfig)
                 bridge_log = f"{prefect.home}/bridge.log"
+            one = "in-cluster" if args.in_cluster else "manual"  # the deployment this stack's worker runs
             workers = (
                 f"The worker pod polls {K8S_POOL} and runs each rotation as a Job in {in_cluster.NAMESPACE} "
                 "(use rotate-mssql-auth/in-cluster)"
@@ -119,12 +120,12 @@ def run_stack(args: argparse.Namespace) -> int:
                 f"""
 [stack] ready. Database {db.namespace}/{db.name} ({db.replicas} replicas) is Ready.
   Prefect UI:   {prefect.ui_url}
-                Deployments -> rotate-mssql-auth/manual -> Run -> Custom run: fill the form
+                Deployments -> rotate-mssql-auth/{one} -> Run -> Custom run: fill the form
                 Deployments -> rotate-mssql-fleet/scheduled (daily) and /recover (every 10 minutes,
                 and when a rotation crashes): Run -> Quick run, or a Custom run with dry_run
   Prefect DB:   {database}
   From a shell: export PREFECT_API_URL={prefect.api_url}
-                .venv/bin/prefect deployment run rotate-mssql-auth/manual \\
+                .venv/bin/prefect deployment run rotate-mssql-auth/{one} \\
                     --param namespace={db.namespace} --param database={db.name}
   kubectl:      export KUBECONFIG={sandbox.kubeconfig}
                 kubectl get mssqlservers,pods,secrets -n {db.namespace}
@@ -152,10 +153,6 @@ def run_stack(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run_in_cluster(sandbox: Sandbox, prefect: PrefectStack, db: Database) -> None:
     """The production path (sandbox/in_cluster.py): rbac.yaml, the database's Role, the worker and
     the bridge as pods; returns once both pods run."""
@@ -167,3 +164,7 @@ def run_in_cluster(sandbox: Sandbox, prefect: PrefectStack, db: Database) -> Non
         sandbox.wait_for(
             lambda selector=label: bool(in_cluster.running_pods(sandbox, selector)), f"pods {label} to run"
         )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

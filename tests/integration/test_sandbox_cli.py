@@ -194,3 +194,60 @@ def test_sandbox_stack_serves_ui_deployments_and_bridge_from_postgres_and_stops_
     assert not processes_mentioning(f"{cluster}/data"), "a PostgreSQL process outlived Ctrl-C"
     assert not Path(cluster).exists(), "the private cluster's folder was not removed"
     assert not Path(f"/proc/{bridge[0]}").exists(), "the bridge is still running after Ctrl-C"
+
+
+def test_sandbox_stack_in_cluster_carries_the_example_request_through_the_bridge_and_worker_pods() -> None:
+    """``make stack IN_CLUSTER=1``: the bridge and the worker are pods; the README's example request,
+    applied with kubectl, ends Successful through a Job; Ctrl-C stops everything."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        ui_port = int(sock.getsockname()[1])
+    proc = run_sandbox("stack", "--in-cluster", "--port", str(ui_port), "--replicas", "1")
+    try:
+        output = read_until(proc, "Press Ctrl-C")
+        match = re.search(r"export KUBECONFIG=(\S+)", output)
+        assert match, output
+        kubectl = ["kubectl", "--kubeconfig", match.group(1)]
+        example = PROJECT_DIR / "deployments" / "examples" / "rotate-auth.yaml"
+        subprocess.run([*kubectl, "apply", "-f", str(example)], check=True, capture_output=True, timeout=60)
+        name = yaml.safe_load(example.read_text())["metadata"]["name"]
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        phase = ""
+        while phase not in ("Successful", "Failed") and time.monotonic() < deadline:
+            time.sleep(0.5)  # kubectl from outside: no watch to hold open here
+            phase = subprocess.run(
+                [
+                    *kubectl,
+                    "get",
+                    "mssqlserveropsrequest",
+                    name,
+                    "-n",
+                    "demo",
+                    "-o",
+                    "jsonpath={.status.phase}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        assert phase == "Successful", phase
+        jobs = subprocess.run(
+            [*kubectl, "get", "jobs", "-n", "mssql-auth-rotation", "-o", "name"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert jobs.strip(), "the request's run was not a Job of the kubernetes work pool"
+        pods = processes_mentioning("pod_init.py")
+        assert pods, "no pod of the project's image runs"
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        stop_gracefully(proc)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert not accepts_connections(ui_port), "the Prefect server is still running after Ctrl-C"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pods), "a pod's process outlived Ctrl-C"

@@ -44,7 +44,8 @@ from sandbox.in_cluster import (
 from sandbox.prefect_stack import K8S_POOL, PREFECT, PROJECT_DIR, PrefectStack
 from tests.e2e.conftest import DatabaseFactory
 from tests.e2e.test_deployments import deployments, wait_for_runs
-from tests.support import assert_rotated
+from tests.fault_matrix import proves
+from tests.support import assert_rotated, assert_untouched
 
 IDENTITY_NS = NAMESPACE
 FINISHED_JOB_TTL_S = 60  # the smallest the template allows: the TTL controller deletes the Job then
@@ -222,3 +223,55 @@ def test_the_finished_jobs_are_deleted_after_their_ttl_with_their_pods(sandbox: 
         return [p.metadata.name for p in pods if p.metadata.labels["job-name"] in FINISHED_JOBS.values()]
 
     sandbox.wait_for(lambda: not pods_left(), "the Jobs' pods to be deleted", WAIT_S)
+
+
+@proves(
+    fault="a drained node: the eviction of an in-cluster rotation's Job pod right after the first "
+    "replica's ALTER LOGIN",
+    where="the Job the kubernetes worker (the pod of worker.yaml) created from the base job template, "
+    "on the real Job controller (1.20: a deleted pod may be replaced despite backoffLimit 0); the "
+    "eviction API; the pod's process gets SIGTERM as PID 1",
+    outcome="relinquish: the password is rolled back on every replica, the database resumed and "
+    "unlocked by the evicted pod's own process; when the Job controller replaces the pod, the second "
+    "attempt (same flow run, run_count 2) only finishes an interrupted rotation: it ends Skipped and "
+    "sends no ALTER LOGIN, so nothing is rotated twice",
+)
+def test_an_evicted_rotation_pod_rolls_back_resumes_unlocks_and_is_never_run_again(
+    sandbox: Sandbox, stack: PrefectStack, worker_pod: None, make_database: DatabaseFactory
+) -> None:
+    db = make_database(replicas=3)
+    grant(sandbox, db)
+    original = db.secret_data()["password"]
+    for pod in db.pods:  # slow replies leave time to evict it between two replicas' ALTER LOGIN
+        db.instance(pod).faults.reply_delay = 0.1
+    run_id = _start_run(stack, db)
+    first = db.instance(db.pods[0])
+    sandbox.wait_for(
+        lambda: any(b.kind == "alter-login" for b in first.batches), "the first ALTER LOGIN", WAIT_S
+    )
+    job = _job_of(sandbox, run_id)
+    assert job is not None
+    [pod] = sandbox.core.list_namespaced_pod(
+        IDENTITY_NS, label_selector=f"job-name={job.metadata.name}"
+    ).items
+    name = pod.metadata.name
+    eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=IDENTITY_NS))
+    sandbox.core.create_namespaced_pod_eviction(name, IDENTITY_NS, eviction)
+    for replica in db.pods:
+        db.instance(replica).faults.reply_delay = 0
+
+    def job_ended() -> bool:  # a Job's end: its Complete or Failed condition
+        conditions = (_job_of(sandbox, run_id) or job).status.conditions or []
+        return any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions)
+
+    sandbox.wait_for(job_ended, "the Job to end", WAIT_S)
+    run = wait_for_runs(stack, [run_id])[run_id]
+    history = [
+        (s["type"], s["name"], s["timestamp"][11:23])
+        for s in stack.api("GET", f"/flow_run_states/?flow_run_id={run_id}")
+    ]
+    assert_untouched(db, original)  # rolled back, resumed, unlocked; never rotated by a second attempt
+    if run["run_count"] > 1:  # the Job controller replaced the evicted pod: the run was executed again
+        assert (run["state_type"], run["state_name"]) == ("COMPLETED", "Skipped"), history
+    else:
+        assert run["state_type"] == "CRASHED", history  # the worker's observer: the Job failed

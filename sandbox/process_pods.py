@@ -493,6 +493,10 @@ class ProcessPods:
                 own = run.folder / "layer" / container.name / private.strip("/").replace("/", "_")
                 own.mkdir(parents=True, exist_ok=True)
                 mounts.append({"source": str(own), "target": private, "read_only": False})
+        # The checkout at its own path too, mounted last among its parents: the venv's scripts name
+        # their interpreter by absolute path, which a volume mounted above it (the pod's /tmp, when
+        # the checkout lies in /tmp) would hide.
+        mounts.append({"source": str(CHECKOUT), "target": str(CHECKOUT), "read_only": True})
         account = folders.get("\0service-account")
         if account is not None:
             mounts.append({"source": str(account), "target": SERVICE_ACCOUNT_DIR, "read_only": True})

@@ -303,7 +303,9 @@ def test_a_rotation_killed_on_a_worker_is_finished_without_anyone_acting(
     recoveries = stack.api(
         "POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [recover["id"]]}}}
     )
-    assert [r["parameters"]["database"] for r in recoveries] == [f"rotate-auth {db.namespace}/{db.name}"]
+    # Other tests of this stack stop runs too (each a trigger's recover run): count this database's.
+    expected = f"rotate-auth {db.namespace}/{db.name}"
+    assert [r["parameters"]["database"] for r in recoveries].count(expected) == 1
     assert_rotated(db, original)
     print(f"healed {took:.1f} s after the kill")  # the measured number, for docs/performance.md
 

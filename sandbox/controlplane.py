@@ -236,10 +236,22 @@ class ControlPlane:
         )
 
     def _wait_ready(self) -> None:
+        self._wait_for_200("/readyz", "kube-apiserver not ready", poll_s=0.1)
+
+    def _wait_for_controller_manager(self) -> None:
+        # The controller-manager has no endpoint to watch: its first effect is the default account.
+        self._wait_for_200(
+            "/api/v1/namespaces/default/serviceaccounts/default",
+            "kube-controller-manager made no default ServiceAccount",
+            poll_s=0.05,
+        )
+
+    def _wait_for_200(self, path: str, failure: str, *, poll_s: float) -> None:
+        """Until the API server answers ``path`` with 200 (as the admin), while every process lives."""
         assert self._pki is not None
         context = ssl.create_default_context(cafile=str(self._pki.ca_cert))
         request = urllib.request.Request(  # noqa: S310 (an https URL we built)
-            f"{self.server}/readyz", headers={"Authorization": f"Bearer {self.admin_token}"}
+            f"{self.server}{path}", headers={"Authorization": f"Bearer {self.admin_token}"}
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -253,10 +265,8 @@ class ControlPlane:
             ):
                 if reply.status == 200:
                     return
-            time.sleep(0.1)  # polling an HTTP endpoint: there is nothing to watch yet
-        raise ControlPlaneError(
-            f"kube-apiserver not ready after {READY_TIMEOUT_S:.0f}s; logs in {self.workdir}"
-        )
+            time.sleep(poll_s)  # polling an HTTP endpoint: there is nothing to watch
+        raise ControlPlaneError(f"{failure} after {READY_TIMEOUT_S:.0f}s; logs in {self.workdir}")
 
     @property
     def audit_log(self) -> Path:
@@ -284,31 +294,6 @@ class ControlPlane:
             ):
                 users.add(str(event["user"]["username"]))
         return users
-
-    def _wait_for_controller_manager(self) -> None:
-        assert self._pki is not None
-        context = ssl.create_default_context(cafile=str(self._pki.ca_cert))
-        request = urllib.request.Request(  # noqa: S310 (an https URL we built)
-            f"{self.server}/api/v1/namespaces/default/serviceaccounts/default",
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-        )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                self._processes.check_alive()
-            except ProcessExited as exc:
-                raise ControlPlaneError(str(exc)) from None
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(request, context=context, timeout=2) as reply,  # noqa: S310
-            ):
-                if reply.status == 200:
-                    return
-            time.sleep(0.05)  # the controller-manager has no endpoint to watch; poll its first effect
-        raise ControlPlaneError(
-            f"kube-controller-manager made no default ServiceAccount in {READY_TIMEOUT_S:.0f}s; "
-            f"logs in {self.workdir}"
-        )
 
     def check_alive(self) -> None:
         """ControlPlaneError naming the first server process that has exited, with its log."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,12 +19,15 @@ os.environ["PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED"] = "false"
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.testing.utilities import prefect_test_harness
 
 from sandbox.cluster import Database, Sandbox
 from sandbox.faultproxy import FaultProxy
 from sandbox.prefect_stack import PrefectStack
+from tasks.fleet import CONCURRENCY_LIMIT
 
 DatabaseFactory = Callable[..., Database]
 
@@ -98,3 +102,17 @@ def pause_schedules(stack: PrefectStack, name: str) -> None:
     [deployment] = [d for d in stack.api("POST", "/deployments/filter", {}) if d["name"] == name]
     for schedule in deployment["schedules"]:
         stack.api("PATCH", f"/deployments/{deployment['id']}/schedules/{schedule['id']}", {"active": False})
+
+
+@pytest.fixture
+def fresh_concurrency_limit() -> Iterator[None]:
+    """No shared concurrency limit of the fleet before or after the test (a fleet run creates it with
+    its own size when it is missing)."""
+
+    def drop() -> None:
+        with get_client(sync_client=True) as prefect, contextlib.suppress(ObjectNotFound):
+            prefect.delete_global_concurrency_limit_by_name(CONCURRENCY_LIMIT)
+
+    drop()
+    yield
+    drop()

@@ -6,11 +6,9 @@ from the child runs' own timestamps, two fleet runs at once, dry runs, and recov
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -23,13 +21,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.concurrency import _leases as prefect_leases
-from prefect.exceptions import ObjectNotFound
 
 from flows.rotate_fleet import FleetReport, rotate_mssql_fleet
 from rotation.errors import RotationError
 from rotation.fleet import Decision, FleetMode
 from sandbox.cluster import Database, Sandbox
-from tasks.fleet import CONCURRENCY_LIMIT
 from tests.e2e.test_crashes import report_the_dead_run_as_crashed, run_until_killed
 from tests.fault_matrix import proves
 from tests.support import assert_rotated, is_paused
@@ -38,17 +34,8 @@ GROUP, VERSION, PLURAL = "kubedb.com", "v1alpha2", "mssqlservers"
 LONG_AGO = "2024-01-01T00:00:00Z"
 
 
-@pytest.fixture(autouse=True)
-def fresh_concurrency_limit() -> Iterator[None]:
-    """Each test creates the shared limit with its own size (the fleet creates it when missing)."""
-
-    def drop() -> None:
-        with get_client(sync_client=True) as prefect, contextlib.suppress(ObjectNotFound):
-            prefect.delete_global_concurrency_limit_by_name(CONCURRENCY_LIMIT)
-
-    drop()
-    yield
-    drop()
+# Each test starts without the shared limit (the fleet creates it with its own size).
+pytestmark = pytest.mark.usefixtures("fresh_concurrency_limit")
 
 
 @pytest.fixture

@@ -4,32 +4,21 @@ says the step's real budget (time) rather than "Retry 3/10000"."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectNotFound
 
 from rotation.errors import TransientError
 from tasks._policy import RETRIES, RETRYING
 from tasks.fleet import CONCURRENCY_LIMIT, ensure_concurrency_limit
 from tests.fault_matrix import proves
 
-
-@pytest.fixture(autouse=True)
-def no_shared_limit() -> Iterator[None]:
-    def drop() -> None:
-        with get_client(sync_client=True) as prefect, contextlib.suppress(ObjectNotFound):
-            prefect.delete_global_concurrency_limit_by_name(CONCURRENCY_LIMIT)
-
-    drop()
-    yield
-    drop()
+# Each test starts without the shared limit (the fleet creates it with its own size).
+pytestmark = pytest.mark.usefixtures("fresh_concurrency_limit")
 
 
 def shared_limit() -> int:

@@ -199,8 +199,8 @@ class Identity:
     coordination: client.CoordinationV1Api
 
 
-@pytest.fixture(scope="module")
-def identity(kubeconfig: Path) -> Iterator[Identity]:
+def identity_of(kubeconfig: Path) -> Iterator[Identity]:
+    """The API clients of the identity a kubeconfig authenticates as (closed afterwards)."""
     api = config.new_client_from_config(str(kubeconfig))
     try:
         yield Identity(
@@ -211,6 +211,11 @@ def identity(kubeconfig: Path) -> Iterator[Identity]:
         )
     finally:
         api.close()
+
+
+@pytest.fixture(scope="module")
+def identity(kubeconfig: Path) -> Iterator[Identity]:
+    yield from identity_of(kubeconfig)
 
 
 @pytest.fixture
@@ -435,16 +440,7 @@ def fleet_kubeconfig(sandbox: Sandbox, fleet_databases: tuple[Database, Database
 
 @pytest.fixture(scope="module")
 def fleet_identity(fleet_kubeconfig: Path) -> Iterator[Identity]:
-    api = config.new_client_from_config(str(fleet_kubeconfig))
-    try:
-        yield Identity(
-            client.CoreV1Api(api),
-            client.CustomObjectsApi(api),
-            client.RbacAuthorizationV1Api(api),
-            client.CoordinationV1Api(api),
-        )
-    finally:
-        api.close()
+    yield from identity_of(fleet_kubeconfig)
 
 
 def _status_patch(i: Identity, name: str) -> object:

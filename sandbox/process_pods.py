@@ -366,9 +366,7 @@ class ProcessPods:
             return self.core.read_namespaced_service_account(name, run.namespace)
         except ApiException as exc:
             if exc.status == 404:
-                raise SetupError(
-                    "ContainerCreating", f'failed to fetch token: serviceaccounts "{name}" not found'
-                ) from None
+                raise _missing_account(name) from None
             raise
 
     def _write_service_account(self, run: PodRun) -> Path:
@@ -397,9 +395,7 @@ class ProcessPods:
             minted = self.core.create_namespaced_service_account_token(name, run.namespace, request)
         except ApiException as exc:
             if exc.status == 404:
-                raise SetupError(
-                    "ContainerCreating", f'failed to fetch token: serviceaccounts "{name}" not found'
-                ) from None
+                raise _missing_account(name) from None
             raise
         fresh = folder / ".token.new"
         fresh.touch(mode=0o600)
@@ -942,3 +938,8 @@ def _serve_log(handler: http.server.BaseHTTPRequestHandler, pods: ProcessPods) -
                     time.sleep(0.1)  # a file has nothing to wait on: poll it, as a kubelet does
     except (BrokenPipeError, ConnectionResetError):
         return
+
+
+def _missing_account(name: str) -> SetupError:
+    """What a kubelet reports when a pod's ServiceAccount does not exist."""
+    return SetupError("ContainerCreating", f'failed to fetch token: serviceaccounts "{name}" not found')

@@ -188,7 +188,16 @@ class FaultProxy:
             raise ValueError("times must be at least 1")
         query = re.compile(query_regex) if query_regex is not None else None
         rule = _Fault(
-            method.upper(), re.compile(path_regex), times, status, drop, delay, body_reason, empty, query
+            method.upper(),
+            re.compile(path_regex),
+            times,
+            status,
+            drop,
+            delay,
+            body_reason,
+            empty,
+            query,
+            drop_response=drop_response,  # once forgotten here, and the fault silently forwarded
         )
         with self._lock:
             self._faults.append(rule)

@@ -132,6 +132,18 @@ def test_a_dropped_connection_is_resent_by_urllib3_for_get_but_surfaces_for_post
     assert "never" not in names
 
 
+def test_a_lost_response_means_the_change_was_made_but_the_caller_cannot_know(
+    core: client.CoreV1Api, proxy: FaultProxy, namespace: str, sandbox: Sandbox
+) -> None:
+    create_path = f"/namespaces/{namespace}/configmaps$"
+    proxy.add_fault("POST", create_path, times=1, drop_response=True)
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        core.create_namespaced_config_map(namespace, _config_map("made", k="v"))
+    assert proxy.hits("POST", create_path) == 1  # not re-sent (not idempotent)
+    made = sandbox.core.read_namespaced_config_map("made", namespace)  # the API server did it
+    assert made.data == {"k": "v"}
+
+
 def test_a_delay_fault_holds_the_request_then_forwards_it(
     core: client.CoreV1Api, proxy: FaultProxy, namespace: str
 ) -> None:

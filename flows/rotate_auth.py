@@ -1,8 +1,11 @@
 """The ``rotate-mssql-auth`` flow: KubeDB's RotateAuth for an MSSQLServer, as Prefect tasks.
 
 Inspect → Lock → Pause → try: Stage → Set → Verify (the gate) → Commit → UpdatePetSets → restart each
-pod (secondaries first, the current primary last) → final check; finally: Resume and unlock. Every
-step lives in ``tasks/``; this file only composes them and keeps KubeDB's condition list for the report.
+pod (secondaries first; the current primary last, once every secondary is synchronized and a mounted
+auth secret has reached its pods) → final check; finally: Resume and unlock. Once the
+rotation has succeeded, the workloads that use its secret are restarted (never before, never after a
+failure; reported, never fatal). Every step lives in ``tasks/``; this file only composes them and keeps
+KubeDB's condition list for the report.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from prefect.states import Completed
 from pydantic import ValidationError
 
 from rotation.cancellation import raise_if_stopping
+from rotation.constants import ROLE_PRIMARY
 from rotation.errors import InvalidRequest, RotationError
 from rotation.events import RotationEvent, emit
 from rotation.params import (
@@ -30,15 +34,17 @@ from rotation.params import (
     MaxAge,
     Namespace,
     OpsRequestName,
+    RestartWorkloads,
     RotationRequest,
     Timeout,
     TlsCaSecretName,
     TlsVerify,
     TlsVerifyMode,
 )
-from rotation.plan import Stage, Target
+from rotation.plan import Replica, Stage, Target
 from rotation.report import Condition, ConditionLog, RotationReport, StepName
 from rotation.rerun import as_rerun
+from rotation.workloads import WorkloadRestarts
 from tasks.aftermath import after_rotation_stopped
 from tasks.check import check_rotation
 from tasks.commit import check_before_commit, commit_secret, update_petsets
@@ -46,12 +52,14 @@ from tasks.inspect import confirm_due, inspect_database
 from tasks.lock import LockKeeper, acquire_lock, lease_seconds, release_lock
 from tasks.ops_request import report_to_ops_request
 from tasks.pause import pause_database, resume_database
+from tasks.primary_restart import wait_for_secret_propagation, wait_for_synchronized_secondaries
 from tasks.report import publish_report, record_failure
 from tasks.restart import check_pod_running, evict_pod, get_next_pod
 from tasks.rollback import roll_back_password
 from tasks.set_password import set_password_on_replicas
 from tasks.stage import stage_new_password
 from tasks.verify import verify_logins
+from tasks.workloads import restart_workloads as restart_workloads_task  # the flow's parameter has its name
 
 RUN_NAME = "rotate-auth {namespace}/{database}"
 
@@ -80,6 +88,7 @@ def rotate_mssql_auth(
     max_age: MaxAge = None,
     finish_only: FinishOnly = False,
     ops_request: OpsRequestName = None,
+    restart_workloads: RestartWorkloads = (),
 ) -> RotationReport:
     """Rotate the sa credentials of one KubeDB MSSQLServer.
 
@@ -105,6 +114,12 @@ def rotate_mssql_auth(
         finish_only: Do nothing unless an earlier rotation of this database was interrupted; then finish it.
         ops_request: The MSSQLServerOpsRequest (same namespace) this run carries out; its status follows
             the run. Set by the bridge (python -m rotation.bridge).
+        restart_workloads: Workloads (same namespace) to restart once the rotation has succeeded, as
+            kubectl rollout restart does, so that applications that read the password at start get the
+            new one: deployment/NAME, statefulset/NAME or daemonset/NAME. Workloads annotated
+            secret.reloader.stakater.com/reload with the auth secret's name are restarted too. Each needs
+            patch in the rotation's grant (python -m rotation rbac ... --restart-workload KIND/NAME);
+            one it may not restart is reported, and the rotation still succeeds.
     """
     request = _validated(
         namespace=namespace,
@@ -117,6 +132,7 @@ def rotate_mssql_auth(
         max_age=max_age,
         finish_only=finish_only,
         ops_request=ops_request,
+        restart_workloads=restart_workloads,
     )
     # Run again under the same id (a drained pod's run rescheduled): finish, never rotate twice.
     request, rerun = as_rerun(request, flow_run.get_run_count())
@@ -154,7 +170,8 @@ def rotate_mssql_auth(
         # Prefect hands a caller the state's data, the report.
         return cast(RotationReport, Completed(name="Skipped", message=f"Nothing to do: {skip}", data=report))
     conditions.add("Successful", _success_message(target))
-    report = _report(request, target, conditions, "Successful", secret_in_use)
+    workloads = _restart_workloads(request, target, secret_in_use or target.auth_secret)
+    report = _report(request, target, conditions, "Successful", secret_in_use, workloads=workloads)
     _emit(RotationEvent.SUCCEEDED, request, message=_success_message(target))
     return report
 
@@ -178,7 +195,7 @@ def _rotate(target: Target, user_secret: str | None, step: Step) -> str:
             secret_in_use = _update_credentials(target, user_secret)
         with step("UpdatePetSets", "Successfully updated the PetSets"):
             update_petsets(target, secret_in_use)
-        _restart_pods(target, step)
+        _restart_pods(target, step, secret_in_use)
         with step("RestartNodes", "Successfully restarted all nodes"):
             check_rotation(target, secret_in_use)
     finally:
@@ -186,18 +203,34 @@ def _rotate(target: Target, user_secret: str | None, step: Step) -> str:
     return secret_in_use
 
 
-def _restart_pods(target: Target, step: Step) -> None:
-    """One pod at a time; the roles are read again before each, so the primary always goes last."""
-    pending = list(target.restart)
+def _restart_pods(target: Target, step: Step, secret_in_use: str) -> None:
+    """One pod at a time; the roles are read again before each, so the primary always goes last, and
+    only once the applications' next login and the failover it causes will succeed."""
+    pending, prepared = list(target.restart), False
     while pending:
         with step("GetPod", "Got the next pod to restart") as condition:
             replica = get_next_pod(target, pending)
             condition.type, condition.message = f"GetPod--{replica.pod}", f"Got pod {replica.pod}"
+        if not prepared and (replica.role == ROLE_PRIMARY or len(target.replicas) == 1):
+            _prepare_primary_restart(target, step, replica, secret_in_use)
+            prepared = True
+            now = get_next_pod(target, pending)  # the waits took time: read the roles again
+            if now.pod != replica.pod:
+                continue  # the primary moved meanwhile: the next round records the pod now chosen
+            replica = now
         with step(f"EvictPod--{replica.pod}", f"Evicted pod {replica.pod}"):
             evict_pod(target, replica)
         with step(f"CheckPodRunning--{replica.pod}", f"Pod {replica.pod} is running with the new password"):
             check_pod_running(target, replica)
         pending.remove(replica.pod)
+
+
+def _prepare_primary_restart(target: Target, step: Step, primary: Replica, secret_in_use: str) -> None:
+    with step("SecretPropagated", "Pods that mount the auth secret have had time to see the new password"):
+        wait_for_secret_propagation(target, secret_in_use)
+    if len(target.replicas) > 1:
+        with step("SecondariesSynchronized", f"Every secondary is synchronized: {primary.pod} can fail over"):
+            wait_for_synchronized_secondaries(target, primary, secret_in_use)
 
 
 Step = Callable[[str, str], AbstractContextManager[StepName]]
@@ -279,6 +312,15 @@ def _roll_back(target: Target, failure: BaseException) -> None:
         ) from failure
 
 
+def _restart_workloads(request: RotationRequest, target: Target, secret_in_use: str) -> WorkloadRestarts:
+    """The rotation has succeeded: restart the workloads that use its secret. Never fails the run."""
+    try:
+        return restart_workloads_task(target, request, secret_in_use)
+    except Exception as exc:
+        get_run_logger().warning("%s: the workloads were not restarted: %s", target.ref, exc)
+        return WorkloadRestarts(notes=[f"the workloads were not restarted: {exc}"])
+
+
 def _mirror(request: RotationRequest) -> Callable[[list[Condition]], None] | None:
     """Writes each step's condition into the ops request this run carries out, if any; the bridge
     writes its final phase once it knows whether another attempt follows."""
@@ -295,6 +337,7 @@ def _report(
     outcome: str,
     secret: str | None,
     failure: str = "",
+    workloads: WorkloadRestarts | None = None,
 ) -> RotationReport:
     report = RotationReport(
         namespace=request.namespace,
@@ -303,6 +346,8 @@ def _report(
         auth_secret=secret,
         tls=target.tls.describe() if target is not None else None,
         conditions=conditions.conditions,
+        workloads=workloads.restarts if workloads is not None else [],
+        workload_notes=workloads.notes if workloads is not None else [],
     )
     _best_effort(publish_report, report)
     if failure:

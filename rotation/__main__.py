@@ -80,6 +80,19 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     grant.add_argument(
+        rbac.RESTART_OPTION,
+        action="append",
+        default=[],
+        metavar="KIND/NAME",
+        help=(
+            "a Deployment, StatefulSet or DaemonSet of the namespace (deployment/NAME, statefulset/NAME, "
+            "daemonset/NAME) that rotations may restart once they succeed, as kubectl rollout restart "
+            "does (patch of its pod template): one the runs list (restart_workloads) or one annotated "
+            "secret.reloader.stakater.com/reload with the auth secret; repeat for several. Without it "
+            "the grant may only list them"
+        ),
+    )
+    grant.add_argument(
         "--service-account",
         default=rbac.IDENTITY,
         help=f"the flow runs' ServiceAccount (default {rbac.IDENTITY})",
@@ -152,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             service_account_namespace=args.service_account_namespace,
             ops_requests=args.ops_requests,
             fleet=args.fleet,
+            restart_workloads=args.restart_workload,
         )
     except rbac.InvalidName as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")

@@ -4,6 +4,7 @@ use days (``30d``), which Go's syntax lacks and people write. Pure logic."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Final
 
@@ -22,3 +23,19 @@ def parse_duration(text: str, *, what: str = "timeout", days: bool = False) -> f
     if seconds <= 0:
         raise ValueError(f"{what} {text!r} must be longer than zero")
     return seconds
+
+
+def remaining_propagation(active_from: str | None, seconds: float, now: dt.datetime) -> float:
+    """Seconds still to wait for a secret committed at ``active_from`` (RFC 3339) to reach every pod
+    that mounts it; the whole period when the commit time is unknown. KubeDB's annotation has whole
+    seconds, so the commit may have come up to a second after it: that second is waited too. Pure."""
+    if seconds <= 0:
+        return 0.0
+    try:
+        committed = dt.datetime.fromisoformat((active_from or "").replace("Z", "+00:00"))
+    except ValueError:
+        return seconds
+    if committed.tzinfo is None:
+        return seconds
+    elapsed = (now - committed).total_seconds() - 1.0  # whole seconds: it may be a second less
+    return max(0.0, min(seconds, seconds - elapsed))

@@ -28,6 +28,7 @@ from rotation import constants as c
 from rotation.errors import InvalidRequest, PermanentError, TransientError
 from rotation.plan import PodView
 from rotation.selectors import budgets_selecting
+from rotation.workloads import APPS_API_VERSION, WorkloadKind, WorkloadRef, WorkloadView
 
 REQUEST_TIMEOUT: Final = (5, 30)  # (connect, read) seconds for every call but the Lease's
 LEASE_TIMEOUT_S: Final = 5.0  # total seconds of one Lease call, unless the lock asks for less
@@ -162,6 +163,18 @@ def pod_view(pod: client.V1Pod) -> PodView:
     )
 
 
+def mounts_secret(pod: client.V1Pod, secret: str) -> bool:
+    """Whether a volume of the pod is the Secret or projects it. (A pod that mounts it with a subPath
+    counts too, although the kubelet never updates such a mount: waiting for it does no harm.)"""
+    for volume in (pod.spec.volumes if pod.spec else None) or []:
+        if volume.secret is not None and volume.secret.secret_name == secret:
+            return True
+        sources = volume.projected.sources if volume.projected is not None else None
+        if any(source.secret is not None and source.secret.name == secret for source in sources or []):
+            return True
+    return False
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -234,6 +247,13 @@ def _eviction_refusal(exc: ApiException) -> EvictionRefused:
     return EvictionRefused(None, message)
 
 
+class Refusal(Enum):
+    """How the API server refused a write that the caller reports rather than raises."""
+
+    FORBIDDEN = "forbidden"  # 403: this identity may not
+    NOT_FOUND = "not-found"  # 404: no such object
+
+
 class Kube:
     """Verbs on the objects a rotation touches, in one namespace."""
 
@@ -246,6 +266,7 @@ class Kube:
         api = api or api_client()
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
 
     def _where(self, kind: str, name: str) -> str:
         return f"{kind} {self.namespace}/{name}"
@@ -446,6 +467,20 @@ class Kube:
     def _database_selector(self, database: str) -> str:
         return f"{c.LABEL_NAME}={c.MSSQL_RESOURCE_NAME},{c.LABEL_INSTANCE}={database}"
 
+    def pods_mounting_secret(self, secret: str, *, besides: str) -> list[str]:
+        """The namespace's pods (not finished, not of the database ``besides``) that mount ``secret``
+        as a volume: they see a change of it only at their kubelet's next sync."""
+        pods = call(
+            f"list the pods of namespace {self.namespace}", self.core.list_namespaced_pod, self.namespace
+        ).items
+        return sorted(
+            pod.metadata.name
+            for pod in pods
+            if (pod.metadata.labels or {}).get(c.LABEL_INSTANCE) != besides
+            and (pod.status is None or pod.status.phase not in ("Succeeded", "Failed"))
+            and mounts_secret(pod, secret)
+        )
+
     def list_database_pods(self, database: str) -> list[PodView]:
         """Every pod with the database's labels (its replicas, and an arbiter if it has one)."""
         pods = call(
@@ -636,6 +671,58 @@ class Kube:
                     continue
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # back off, then list again
             pause = min(pause * 2, WATCH_RETRY_MAX_S)
+
+    # -- Workloads that use the credentials (apps/v1), restarted after a rotation ------------
+    def list_workloads(self, kind: WorkloadKind) -> list[WorkloadView] | None:
+        """The namespace's workloads of one kind with their annotations; None when this identity may
+        not list them (403: the caller reports it, with the grant that allows it)."""
+        lists = {
+            WorkloadKind.DEPLOYMENT: self.apps.list_namespaced_deployment,
+            WorkloadKind.STATEFULSET: self.apps.list_namespaced_stateful_set,
+            WorkloadKind.DAEMONSET: self.apps.list_namespaced_daemon_set,
+        }
+        listing = call(
+            f"list the {kind.plural} of namespace {self.namespace}",
+            lists[kind],
+            self.namespace,
+            answers={403: None},
+        )
+        if listing is None:
+            return None
+        return [
+            WorkloadView(WorkloadRef(kind, item.metadata.name), dict(item.metadata.annotations or {}))
+            for item in listing.items or []
+        ]
+
+    def patch_workload(self, ref: WorkloadRef, body: Json) -> Json | Refusal:
+        """Strategic-merge-patch one Deployment, StatefulSet or DaemonSet (``kubectl rollout restart``
+        sends the same); the patched object, or why not: 403 and 404 are answers, not errors."""
+        patches = {
+            WorkloadKind.DEPLOYMENT: self.apps.patch_namespaced_deployment,
+            WorkloadKind.STATEFULSET: self.apps.patch_namespaced_stateful_set,
+            WorkloadKind.DAEMONSET: self.apps.patch_namespaced_daemon_set,
+        }
+        patched = call(
+            f"patch {self._where(ref.kind.value, ref.name)}",
+            patches[ref.kind],
+            ref.name,
+            self.namespace,
+            body,
+            answers={403: Refusal.FORBIDDEN, 404: Refusal.NOT_FOUND},
+            field_manager=c.FIELD_MANAGER,
+            _content_type="application/strategic-merge-patch+json",
+        )
+        if isinstance(patched, Refusal):
+            return patched
+        return self.apps.api_client.sanitize_for_serialization(patched)  # type: ignore[no-any-return]
+
+    def record_event_on_workload(self, ref: WorkloadRef, uid: str | None, reason: str, message: str) -> None:
+        involved = {
+            "apiVersion": APPS_API_VERSION,
+            "kind": ref.kind.value,
+            "metadata": {"name": ref.name, "uid": uid},
+        }
+        self.record_event_on(involved, reason, message)
 
     # -- Events ------------------------------------------------------------------------------
     def record_event(self, database: Json, reason: str, message: str, *, warning: bool = False) -> None:

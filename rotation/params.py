@@ -8,6 +8,7 @@ annotations give the constraints the server enforces; their descriptions documen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 
@@ -145,6 +146,23 @@ OpsRequestName = Annotated[
 ]
 
 
+RestartWorkloads = Annotated[
+    Sequence[str],
+    Field(
+        description=(
+            "Workloads of the same namespace to restart once the rotation has succeeded, as kubectl "
+            "rollout restart does, so that applications that read the password at start get the new "
+            "one: items deployment/NAME, statefulset/NAME or daemonset/NAME. Workloads annotated "
+            "secret.reloader.stakater.com/reload: <auth secret> are restarted too. Each needs the "
+            "rotation's grant: python -m rotation rbac ... --restart-workload KIND/NAME. Empty: only "
+            "the annotated ones."
+        ),
+        max_length=100,
+        examples=[["deployment/my-app"]],
+    ),
+]
+
+
 class RotationRequest(BaseModel):
     """A validated request; built from the flow's parameters."""
 
@@ -160,6 +178,7 @@ class RotationRequest(BaseModel):
     max_age: MaxAge = None
     finish_only: FinishOnly = False
     ops_request: OpsRequestName = None
+    restart_workloads: RestartWorkloads = ()
 
     @property
     def timeout_seconds(self) -> float:
@@ -185,6 +204,14 @@ class RotationRequest(BaseModel):
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("restart_workloads")
+    @classmethod
+    def _workloads(cls, value: Sequence[str]) -> tuple[str, ...]:
+        # Here, not at the top: rotation.workloads reads this module's name patterns.
+        from rotation.workloads import parse_workloads
+
+        return tuple(str(ref) for ref in parse_workloads(value, "item"))
 
     @field_validator("timeout")
     @classmethod

@@ -14,7 +14,10 @@ Kubernetes authorizer cannot narrow by name stays namespace-wide, and its commen
 - ``list``/``watch`` by label selector, or of a whole namespace: the request names no object. (A list
   or watch with the field selector ``metadata.name=<name>`` does name it, and a 1.20 API server checks
   it against ``resourceNames``: the MSSQLServer's watch is granted by name. The pods' are not: the
-  rotation also lists and watches them by KubeDB's labels.)
+  rotation also lists and watches them by KubeDB's labels.) So is the list of the namespace's
+  Deployments, StatefulSets and DaemonSets, always granted (read only) so that workloads annotated
+  ``secret.reloader.stakater.com/reload: <auth secret>`` can be found after a rotation; restarting one
+  (a patch of its pod template) is granted only by name, with ``--restart-workload KIND/NAME``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Final
 from rotation import constants as c
 from rotation.params import DNS1123_LABEL, DNS1123_SUBDOMAIN
 from rotation.plan import lock_name
+from rotation.workloads import RELOAD_ANNOTATION, InvalidWorkload, WorkloadKind, WorkloadRef, parse_workloads
 
 IDENTITY: Final = "mssql-auth-rotation"  # the flow runs' ServiceAccount and its namespace (rbac.yaml)
 FLEET_IDENTITY: Final = "mssql-auth-rotation-fleet"  # the in-cluster fleet's ServiceAccount (rbac-fleet.yaml)
@@ -41,6 +45,7 @@ ANNOTATION_REPLICAS: Final = "mssql-auth-rotation.kubedb.com/replicas"
 MAX_REPLICAS: Final = 100
 MAX_NAME: Final = 253
 COMMAND: Final = "python -m rotation rbac"
+RESTART_OPTION: Final = "--restart-workload"
 WIDTH: Final = 110
 
 
@@ -98,6 +103,7 @@ class Grant:
     service_account_namespace: str = IDENTITY
     ops_requests: bool = False  # runs that carry out MSSQLServerOpsRequests (the bridge) write their status
     fleet: bool = False  # also bound to the in-cluster fleet's ServiceAccount (rbac-fleet.yaml)
+    restart_workloads: tuple[WorkloadRef, ...] = ()  # rotations may restart these (patch)
 
     @property
     def rules(self) -> list[Rule]:
@@ -137,6 +143,8 @@ class Grant:
             parts.append("--ops-requests")
         if self.fleet:
             parts.append("--fleet")
+        for workload in self.restart_workloads:
+            parts += [RESTART_OPTION, str(workload)]
         return " ".join(parts)
 
 
@@ -179,12 +187,15 @@ def grant(
     service_account_namespace: str = IDENTITY,
     ops_requests: bool = False,
     fleet: bool = False,
+    restart_workloads: Sequence[str] = (),
 ) -> Grant:
     """Validate the names and build the grant; :class:`InvalidName` names the first bad argument.
 
     ``tls_secrets`` None means KubeDB's ``<db>-server-cert``; passing names replaces it. ``fleet``
     also binds the Role to the fleet's ServiceAccount, ``FLEET_IDENTITY`` in
     ``service_account_namespace``, so the in-cluster fleet may rotate this database too.
+    ``restart_workloads`` (``deployment/NAME``, ``statefulset/NAME``, ``daemonset/NAME``) may be
+    restarted after a rotation.
     """
     _label(namespace, "--namespace")
     _subdomain(database, "--database")
@@ -199,6 +210,10 @@ def grant(
         raise InvalidName("--tls-secret: give at least one name, or leave it out for <db>-server-cert")
     _subdomain(service_account, "--service-account")
     _label(service_account_namespace, "--service-account-namespace")
+    try:
+        workloads = parse_workloads(restart_workloads, RESTART_OPTION)
+    except InvalidWorkload as exc:
+        raise InvalidName(str(exc)) from None
     auth = auth_secret_name(database)
     users = tuple(s for s in users if s != auth)  # always granted; listing it again changes nothing
     for secret in tls:
@@ -228,6 +243,7 @@ def grant(
         service_account_namespace,
         ops_requests,
         fleet,
+        workloads,
     )
 
 
@@ -244,9 +260,9 @@ def rules_for(g: Grant) -> list[Rule]:
             "The MSSQLServer (spec.authSecret, replicas, status, uid): inspect-database, pause-database, "
             "resume-database, set-password-on-replicas, check-before-commit, commit-secret, update-petsets "
             "and evict-pod (this run's pause still stands, alone), check-pod-running (the secret in use), "
-            "record-failure (the Event's object). Only read: a generated password keeps the secret's name, "
-            "so its spec is never written (KubeDB copies the secret's auth-active-from into "
-            "spec.authSecret.activeFrom).",
+            "record-failure and restart-workloads (the Event's object). Only read: a generated password "
+            "keeps the secret's name, so its spec is never written (KubeDB copies the secret's "
+            "auth-active-from into spec.authSecret.activeFrom).",
         ),
         *(_switch_rules(g) if g.user_secrets else []),
         Rule(
@@ -338,8 +354,9 @@ def rules_for(g: Grant) -> list[Rule]:
             ("create",),
             (),
             "Events on the MSSQLServer, as KubeDB's ops-manager records them: pause-database, "
-            "resume-database, commit-secret, evict-pod, check-pod-running, record-failure. Not by name: "
-            "a create names no object to the authorizer (Events are created with generateName).",
+            "resume-database, commit-secret, evict-pod, check-pod-running, record-failure, "
+            "restart-workloads (also on each workload it restarted). Not by name: a create names no "
+            "object to the authorizer (Events are created with generateName).",
         ),
         Rule(
             "coordination.k8s.io",
@@ -374,7 +391,45 @@ def rules_for(g: Grant) -> list[Rule]:
             "the previous secret), check-rotation (remove the restart-pending mark). The auth secret "
             "and the user secrets (--user-secret) only.",
         ),
+        Rule(
+            "apps",
+            tuple(kind.plural for kind in WorkloadKind),
+            ("list",),
+            (),
+            "restart-workloads, after a successful rotation: find the workloads annotated "
+            f"{RELOAD_ANNOTATION} naming the auth secret, so that the annotation is always honoured. "
+            "Only read, and it restarts nothing by itself: an annotated workload is restarted only if "
+            "this grant also names it for patch (--restart-workload), else it is reported. Not by name: a "
+            "list names no object (it shows the workloads' specs: keep credentials in Secrets, not in "
+            "pod templates).",
+        ),
+        *_restart_rules(g),
     ]
+
+
+def _restart_rules(g: Grant) -> list[Rule]:
+    """Patch of exactly the workloads named with --restart-workload, one rule per kind (a rule's
+    resourceNames apply to all its resources)."""
+    rules = []
+    for kind in WorkloadKind:
+        names = tuple(w.name for w in g.restart_workloads if w.kind is kind)
+        if names:
+            rules.append(
+                Rule(
+                    "apps",
+                    (kind.plural,),
+                    ("patch",),
+                    names,
+                    f"Only with --restart-workload: restart-workloads restarts these {kind.value}s after a "
+                    "successful rotation, as kubectl rollout restart does (a strategic merge patch of "
+                    "the pod template's kubectl.kubernetes.io/restartedAt annotation), so applications "
+                    "that read the password when they start get the new one. RBAC cannot narrow a "
+                    "patch to one field: this also allows changing their pod template (its image, the "
+                    "Secrets it mounts, its ServiceAccount), so name only workloads whose owners "
+                    "trust the rotation with them.",
+                )
+            )
+    return rules
 
 
 # What the two rules below also allow, and why they are granted only with --user-secret.
@@ -553,13 +608,27 @@ def _header(g: Grant) -> list[str]:
         "(403) in inspect-database before anything changes. After such a rotation the database uses it "
         "as its auth secret, so keep it listed.",
         "Without --user-secret (generated passwords only) the MSSQLServer and its PetSet are only read: "
-        "this identity cannot change a pod template. With it, it may patch the MSSQLServer and update "
-        "the PetSet, which RBAC cannot narrow to the secret references: on Kubernetes 1.30+ also apply "
-        "deployments/validating-admission-policy.yaml.",
+        "this identity cannot change the database's pod template. With it, it may patch the MSSQLServer "
+        "and update the PetSet, which RBAC cannot narrow to the secret references: on Kubernetes 1.30+ "
+        "also apply deployments/validating-admission-policy.yaml.",
+        _workloads_paragraph(g),
     ]
     for i, paragraph in enumerate(text):
         lines += (["#"] if i else []) + _comment(paragraph)
     return lines
+
+
+def _workloads_paragraph(g: Grant) -> str:
+    named = ", ".join(str(w) for w in g.restart_workloads)
+    return (
+        "After a successful rotation, the namespace's Deployments, StatefulSets and DaemonSets annotated "
+        f"{RELOAD_ANNOTATION}: <auth secret>, and those the run lists (restart_workloads), are restarted "
+        "(kubectl rollout restart), but only those named here with --restart-workload KIND/NAME"
+        + (f" ({named}; it may change their pod templates)" if named else " (none is)")
+        + ". The grant lets the rotation list the three kinds, read only, so that the annotation is always "
+        "honoured; an annotated or listed workload it may not restart is reported (run log, report, "
+        "Event) with the command that grants it, and the rotation still succeeds."
+    )
 
 
 def render(g: Grant) -> str:

@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from rotation.errors import RotationError
+from rotation.workloads import RELOAD_ANNOTATION, WorkloadRestart
 
 
 def _cell(text: str) -> str:
@@ -33,6 +34,9 @@ class RotationReport(BaseModel):
     auth_secret: str | None
     conditions: list[Condition]
     tls: str | None = None  # how the replicas were reached (encrypted; verified against what)
+    # After a successful rotation: each workload restarted for the new credentials, or why not.
+    workloads: list[WorkloadRestart] = Field(default_factory=list)
+    workload_notes: list[str] = Field(default_factory=list)  # e.g. a refused list of annotated ones
 
     def markdown(self) -> str:
         lines = [
@@ -48,7 +52,29 @@ class RotationReport(BaseModel):
         for number, cond in enumerate(self.conditions, start=1):
             cells = (cond.type, cond.status, f"{cond.seconds:.2f}", cond.message)
             lines.append(f"| {number} | " + " | ".join(_cell(cell) for cell in cells) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + self._workload_lines()) + "\n"
+
+    def _workload_lines(self) -> list[str]:
+        if not self.workloads and not self.workload_notes:
+            return []
+        lines = [
+            "",
+            "## Workloads",
+            "",
+            "Restarted after the rotation, for applications that read the password when they start "
+            f"(annotation `{RELOAD_ANNOTATION}` naming the auth secret, or the `restart_workloads` "
+            "parameter):",
+            "",
+        ]
+        if self.workloads:
+            lines += ["| Workload | Selected by | Outcome | Message |", "|---|---|---|---|"]
+            for item in self.workloads:
+                cells = (item.title, ", ".join(item.why), item.outcome, item.message)
+                lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+        if self.workload_notes:
+            lines += [""] if self.workloads else []
+            lines += [f"- {_cell(note)}" for note in self.workload_notes]
+        return lines
 
 
 @dataclass

@@ -96,6 +96,17 @@ def _transient(endpoint: Endpoint, action: str, text: str) -> TransientError:
 @contextlib.contextmanager
 def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[Any]:
     """A connection inside TLS, or ``PermissionError`` when the server rejects these credentials."""
+    conn = open_connection(endpoint, username, password)
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(pymssql.Error):
+            conn.close()
+
+
+def open_connection(endpoint: Endpoint, username: str, password: Password) -> Any:
+    """A pymssql connection inside TLS, which the caller closes (the sandbox's load client keeps one,
+    as an application's pool does); ``PermissionError`` when the server rejects these credentials."""
     refuse_debug_dumps()
     section = CONFIG.section_for(endpoint.host, endpoint.port, endpoint.server_name, endpoint.tls)
     try:
@@ -118,11 +129,7 @@ def _connect(endpoint: Endpoint, username: str, password: Password) -> Iterator[
         if UNREACHABLE not in text and CONNECTION_FAILED in text and SERVER_ANSWERED not in text:
             raise _tls_refused(endpoint) from None
         raise _transient(endpoint, "be reached", text) from None
-    try:
-        yield conn
-    finally:
-        with contextlib.suppress(pymssql.Error):
-            conn.close()
+    return conn
 
 
 def _tls_refused(endpoint: Endpoint) -> TlsRefused:
@@ -140,6 +147,27 @@ def _tls_refused(endpoint: Endpoint) -> TlsRefused:
         "serves and its version; tls_verify=VerifyCA skips the name check (e.g. for a certificate with "
         "wildcard names only). " + SAFE_DEBUGGING[0].upper() + SAFE_DEBUGGING[1:]
     )
+
+
+def synchronized(endpoint: Endpoint, username: str, password: Password) -> bool:
+    """Whether this Availability Group replica reports itself HEALTHY: a secondary that has caught up
+    with the primary's log, so an automatic failover may go to it."""
+    try:
+        with _connect(endpoint, username, password) as conn:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(
+                    "SELECT CAST(synchronization_health_desc AS nvarchar(60)) "
+                    "FROM sys.dm_hadr_availability_replica_states WHERE is_local = 1"
+                )
+                row = cursor.fetchone()
+            except pymssql.Error as exc:
+                raise _transient(endpoint, "report its synchronization", _error_text(exc)[1]) from None
+    except PermissionError:
+        raise TransientError(
+            f"{endpoint} rejected the new password while reporting its synchronization"
+        ) from None
+    return row is not None and row[0] == "HEALTHY"
 
 
 def accepts(endpoint: Endpoint, username: str, password: Password) -> bool:

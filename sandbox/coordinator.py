@@ -7,7 +7,9 @@ guides/mssqlserver/failover/guide.md; the real coordinator is closed source, the
 - a replica that starts while there is a primary becomes ``secondary``;
 - when the primary pod goes (terminating or deleted), every surviving replica loses its role label
   for ``Settings.role_election_delay`` seconds; then the lowest-ordinal Ready, non-terminating replica
-  becomes primary and the others secondary; the old primary comes back as a secondary;
+  that is synchronized (has caught up with the log, ``Settings.secondary_catch_up`` after its start)
+  becomes primary and the others secondary; the old primary comes back as a secondary, or as the
+  primary again when no synchronized replica could take over meanwhile;
 - ``switchover()`` does the same on request, with a chosen target that only has to be running (an
   operator's planned failover does not wait for Kubernetes readiness).
 Each instance's AG role (``InstanceState.role``, what sys.dm_hadr_availability_replica_states shows)
@@ -99,7 +101,7 @@ class Coordinator:
         if group.primary is not None and group.election_due is None and not has_primary:
             self._start_election(namespace, database, group, departed=group.primary, target=None)
         if group.election_due is not None:
-            self._run_election(namespace, group, live)
+            self._run_election(namespace, database, group, live)
             return
         if group.primary is None:
             zero = next((p for p in live if podview.ordinal(p) == 0 and podview.is_running(p)), None)
@@ -119,16 +121,21 @@ class Coordinator:
         group.departed, group.target = departed, target
         self._timers.later(delay, lambda: self._reconcile(namespace, database))
 
-    def _run_election(self, namespace: str, group: _Group, live: list[Pod]) -> None:
+    def _run_election(self, namespace: str, database: str, group: _Group, live: list[Pod]) -> None:
         for pod in live:
             if podview.role(pod) != "":
                 self._label(namespace, pod, "")
         assert group.election_due is not None
         if time.monotonic() < group.election_due:
             return
-        winner = self._winner(group, live)
+        winner = self._winner(namespace, group, live)
         if winner is None:
-            return  # nobody can take over yet; the next pod event (one turning Ready) decides again
+            # Nobody can take over yet: the next pod event (one turning Ready) decides again, or the
+            # moment the first Ready replica has caught up.
+            catching_up = [self._synchronizing_for(namespace, p) for p in live if podview.is_ready(p)]
+            if catching_up:
+                self._timers.later(min(catching_up), lambda: self._reconcile(namespace, database))
+            return
         group.election_due = group.target = group.departed = None
         group.primary = podview.name(winner)
         self._label(namespace, winner, "primary")
@@ -136,13 +143,17 @@ class Coordinator:
             if pod is not winner and podview.is_running(pod):
                 self._label(namespace, pod, "secondary")
 
-    @staticmethod
-    def _winner(group: _Group, live: list[Pod]) -> Pod | None:
+    def _winner(self, namespace: str, group: _Group, live: list[Pod]) -> Pod | None:
         if group.target is not None:  # a planned switchover: the target only has to run
             return next((p for p in live if podview.name(p) == group.target and podview.is_running(p)), None)
-        ready = [p for p in live if podview.is_ready(p)]
+        # An automatic failover only goes to a replica that has every committed transaction.
+        ready = [p for p in live if podview.is_ready(p) and self._synchronizing_for(namespace, p) == 0.0]
         # The old primary, back already, waits its turn behind any other Ready replica.
         return min(ready, key=lambda p: (podview.name(p) == group.departed, podview.ordinal(p)), default=None)
+
+    def _synchronizing_for(self, namespace: str, pod: Pod) -> float:
+        key = PodKey(namespace, podview.name(pod))
+        return self.fleet.volume(key).synchronizing_for() if self.fleet.has_volume(key) else 0.0
 
     def _label(self, namespace: str, pod: Pod, role: str) -> None:
         key = PodKey(namespace, podview.name(pod))

@@ -40,6 +40,7 @@ from sandbox import podview
 from sandbox.fleet import PodKey, SqlFleet
 from sandbox.process_pods import ProcessPods
 from sandbox.settings import Settings
+from sandbox.sqlserver import InstanceState
 from sandbox.timeline import Timeline
 from sandbox.timers import Timers
 
@@ -338,11 +339,15 @@ class PetSetKubelet:
         sa_password = None if failing else self._resolve_sa_password(key.namespace, pod)
         if sa_password is not None:
             hadr = _hadr_enabled(pod)
-            if not self.fleet.has_volume(key):
+            fresh = not self.fleet.has_volume(key)
+            if fresh:
                 # An empty data directory: SQL Server initialises sa with MSSQL_SA_PASSWORD, once.
                 self.fleet.provision(key, sa_password, hadr=hadr)
             if hadr:
-                self.fleet.volume(key).role = "RESOLVING"  # until the coordinator gives it a role
+                volume = self.fleet.volume(key)
+                if not fresh and not self._only_primary(key, volume):
+                    volume.catch_up_for(self.settings.secondary_catch_up)  # the log it missed
+                volume.role = "RESOLVING"  # until the coordinator gives it a role
             try:
                 # The database's TLS (its mounted server certificate, mssql.conf forceencryption):
                 # sandbox.tls issues a certificate for this pod and this start's address.
@@ -363,6 +368,17 @@ class PetSetKubelet:
             key.name,
             pod["metadata"]["resourceVersion"],
             detail="ready" if ready else "not ready",
+        )
+
+    def _only_primary(self, key: PodKey, volume: InstanceState) -> bool:
+        """Whether this replica was the primary and no other running replica has taken over since:
+        then it has every committed transaction and nothing to catch up."""
+        if volume.role != "PRIMARY":
+            return False
+        database = key.name.rsplit("-", 1)[0]
+        others = [k for k in self.fleet.running_in(key.namespace) if k != key]
+        return not any(
+            self.fleet.volume(k).role == "PRIMARY" for k in others if k.name.rsplit("-", 1)[0] == database
         )
 
     def _start_plain_containers(self, key: PodKey, pod: dict[str, Any]) -> None:

@@ -32,6 +32,14 @@ class Settings:
     """start: "ipv4" (a loopback IP per pod, port 1433) or "ipv6" (every pod on ::1, a port each)."""
     role_election_delay: float = 0.3
     """runtime: seconds an Availability Group goes without role labels after its primary left."""
+    secondary_catch_up: float = 1.0
+    """runtime: seconds a replica that starts again takes to replay the log it missed (its AG state is
+    SYNCHRONIZING, then SYNCHRONIZED); the coordinator fails over only to a synchronized replica. A
+    primary that comes back while no other replica took over has nothing to catch up."""
+    secret_propagation_delay: float = 10.0
+    """runtime: seconds before a pod that mounts a Secret as a volume sees a change of it (the
+    kubelet's sync period and cache; up to about a minute on a real node). The load client
+    (sandbox/load_client.py) reads the auth secret this way."""
     pause_handshake: bool = True
     """runtime: the provisioner acknowledges a ``Paused`` condition of status Unknown by turning it
     True. False: it ignores Unknown and honours only True."""

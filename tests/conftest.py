@@ -49,7 +49,11 @@ def sandbox() -> Iterator[Sandbox]:
     # Pods stop and start in 0.1 s rather than the sandbox's 0.2 / 0.3 s: what the tests check does
     # not depend on how long a restart takes (they wait for conditions), and the suite restarts
     # pods hundreds of times.
-    settings = Settings(pod_stop_delay=0.1, pod_start_delay=0.1, ipv4_octet=_worker_octet())
+    # A restarted secondary catches up in 0.3 s rather than 1 s, for the same reason: a rotation of an
+    # availability group waits for that before the primary's restart (tests that need longer set it).
+    settings = Settings(
+        pod_stop_delay=0.1, pod_start_delay=0.1, secondary_catch_up=0.3, ipv4_octet=_worker_octet()
+    )
     with Sandbox(settings) as running:
         os.environ["KUBECONFIG"] = str(running.kubeconfig)
         _RUNNING.append(running)

@@ -5,7 +5,10 @@ would answer (result sets, errors, database changes) and apply committed passwor
 Supported: any SET; USE; BEGIN/COMMIT/ROLLBACK TRAN; IF <expr> <op> <expr> <statement> [ELSE ...];
 SELECT of literals, @@SERVERNAME/@@TRANCOUNT/@@SPID/@@VERSION, SUSER_SNAME(), DB_NAME(),
 IS_SRVROLEMEMBER(), SERVERPROPERTY() and CAST, optionally FROM sys.dm_hadr_availability_replica_states
-with a WHERE of ANDed comparisons; ALTER LOGIN ... WITH PASSWORD = ... [OLD_PASSWORD = ...].
+with a WHERE of ANDed comparisons; ALTER LOGIN ... WITH PASSWORD = ... [OLD_PASSWORD = ...];
+INSERT [INTO] <table> [(columns)] VALUES (...)[, (...)] (an application's write: only the count of rows
+is kept, per table, once committed; every table exists, and on an Availability Group replica only the
+PRIMARY accepts writes, as if every user database were in the group).
 Anything else is a syntax error (102), never a silent success.
 
 Boundaries: no sockets and no wire format. Like SQL Server, the whole batch is parsed first (a
@@ -93,6 +96,7 @@ class Session:
     database: str = "master"
     trancount: int = 0
     pending: dict[str, str] = field(default_factory=dict)  # login name -> uncommitted password
+    pending_rows: dict[str, int] = field(default_factory=dict)  # table -> uncommitted INSERTed rows
 
 
 # --- lexer ---------------------------------------------------------------------------------------
@@ -302,13 +306,21 @@ class AlterLoginPassword:
 
 
 @dataclass(frozen=True)
+class Insert:
+    table: tuple[str, ...]  # multi-part object name as written
+    rows: int
+
+
+@dataclass(frozen=True)
 class If:
     condition: Comparison
     then: Statement
     otherwise: Statement | None
 
 
-Statement = SetOption | Use | BeginTran | CommitTran | RollbackTran | Select | AlterLoginPassword | If
+Statement = (
+    SetOption | Use | BeginTran | CommitTran | RollbackTran | Select | AlterLoginPassword | Insert | If
+)
 
 
 # --- parser --------------------------------------------------------------------------------------
@@ -417,6 +429,7 @@ class _Parser:
             "ROLLBACK": self._rollback,
             "SELECT": self._select,
             "ALTER": self._alter,
+            "INSERT": self._insert,
             "IF": self._if,
         }
         handler = handlers.get(tok.value)
@@ -483,6 +496,26 @@ class _Parser:
             self._expect_symbol("=")
             old_password = self._string()
         return AlterLoginPassword(login, password, old_password)
+
+    def _insert(self) -> Statement:
+        self._accept_word("INTO")
+        table = self._object_name()
+        if self._accept_symbol("("):
+            self._identifier()
+            while self._accept_symbol(","):
+                self._identifier()
+            self._expect_symbol(")")
+        self._expect_word("VALUES")
+        rows = 0
+        while True:
+            self._expect_symbol("(")
+            self._expr()
+            while self._accept_symbol(","):
+                self._expr()
+            self._expect_symbol(")")
+            rows += 1
+            if not self._accept_symbol(","):
+                return Insert(table, rows)
 
     def _select(self) -> Statement:
         items = [self._select_item()]
@@ -831,6 +864,8 @@ class _Executor:
                 return StatementResult(result_set=self._select(statement))
             case AlterLoginPassword():
                 return self._alter_login(statement)
+            case Insert():
+                return self._insert(statement)
         raise AssertionError(f"unhandled statement {statement!r}")
 
     def _use(self, database: str) -> StatementResult:
@@ -855,9 +890,13 @@ class _Executor:
             raise SqlError(3903, 16, message)
         self._session.trancount = 0  # ROLLBACK without a savepoint undoes all nesting levels
         self._session.pending.clear()
+        self._session.pending_rows.clear()
         return StatementResult()
 
     def _make_effective(self) -> None:
+        for table, rows in self._session.pending_rows.items():
+            self._state.write_rows(table, rows)
+        self._session.pending_rows.clear()
         if not self._session.pending:
             return
         self._state.apply_password_changes(self._session.pending)
@@ -902,7 +941,7 @@ class _Executor:
             "is_local": Value(SqlType.INT, 1),
             "operational_state_desc": Value(SqlType.NVARCHAR, "ONLINE"),
             "connected_state_desc": Value(SqlType.NVARCHAR, "CONNECTED"),
-            "synchronization_health_desc": Value(SqlType.NVARCHAR, "HEALTHY"),
+            "synchronization_health_desc": Value(SqlType.NVARCHAR, _health(role, self._state.synchronized)),
         }
         return schema, [row]
 
@@ -930,11 +969,39 @@ class _Executor:
             self._make_effective()
         return StatementResult()
 
+    def _insert(self, stmt: Insert) -> StatementResult:
+        database = self._session.database
+        if self._state.hadr_enabled and self._state.role == "SECONDARY":
+            message = f'Failed to update database "{database}" because the database is read-only.'
+            raise SqlError(3906, 16, message)
+        if self._state.hadr_enabled and self._state.role != "PRIMARY":
+            raise SqlError(
+                983,
+                14,
+                f"Unable to access availability database '{database}' because the database replica is not "
+                "in the PRIMARY or SECONDARY role. Connections to an availability database is permitted "
+                "only when the database replica is in the PRIMARY or SECONDARY role. Try the operation "
+                "again later.",
+            )
+        table = stmt.table[-1]
+        self._session.pending_rows[table] = self._session.pending_rows.get(table, 0) + stmt.rows
+        if self._session.trancount == 0:
+            self._make_effective()
+        return StatementResult()
+
     def _current_password(self, login: str) -> str | None:
         """The password as this session sees it, including its own uncommitted change."""
         if login in self._session.pending:
             return self._session.pending[login]
         return self._state.password_of(login)
+
+
+def _health(role: str, synchronized: bool) -> str:
+    """A primary is healthy; a secondary once it has caught up with the primary's log (a replica
+    without a role cannot take part in a failover)."""
+    if role == "PRIMARY" or (role == "SECONDARY" and synchronized):
+        return "HEALTHY"
+    return "NOT_HEALTHY"
 
 
 def _column_name(item: SelectItem) -> str:
@@ -954,6 +1021,7 @@ _KIND_OF_FIRST_WORD = {
     "commit": "transaction",
     "rollback": "transaction",
     "save": "transaction",
+    "insert": "insert",
 }
 
 
@@ -962,7 +1030,7 @@ def classify_batch(sql: str) -> str:
 
     "alter-login" if the words ALTER LOGIN appear anywhere, even in a comment or a literal (the
     record errs towards treating a batch as sensitive); else by its first word "select", "set",
-    "use", "transaction" (BEGIN/COMMIT/ROLLBACK/SAVE, also "IF @@TRANCOUNT > 0 COMMIT TRAN"),
+    "use", "insert", "transaction" (BEGIN/COMMIT/ROLLBACK/SAVE, also "IF @@TRANCOUNT > 0 COMMIT TRAN"),
     or "other".
     """
     if _ALTER_LOGIN.search(sql):

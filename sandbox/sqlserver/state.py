@@ -27,6 +27,7 @@ collation; passwords are case-sensitive.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ class InstanceState:
         self._lock = threading.RLock()
         self._logins: dict[str, _Login] = {}
         self._role = "PRIMARY"
+        self._synchronized_from = 0.0  # monotonic time from which the local replica has caught up
+        self._rows_written: dict[str, int] = {}  # committed INSERTed rows by table name
         self._every_password: set[str] = set()  # for leak checks: all passwords this instance ever had
         self._certificate: ServerCertificate | None = None
         self._force_encryption = False
@@ -281,6 +284,29 @@ class InstanceState:
             raise ValueError(f"role must be one of {ROLES}, not {value!r}")
         with self._lock:
             self._role = value
+
+    def catch_up_for(self, seconds: float) -> None:
+        """From now, the local replica replays the log it missed for ``seconds`` (SYNCHRONIZING)."""
+        with self._lock:
+            self._synchronized_from = time.monotonic() + max(0.0, seconds)
+
+    def synchronizing_for(self) -> float:
+        """Seconds until the local replica is SYNCHRONIZED again (0: it is)."""
+        with self._lock:
+            return max(0.0, self._synchronized_from - time.monotonic())
+
+    @property
+    def synchronized(self) -> bool:
+        return self.synchronizing_for() == 0.0
+
+    def write_rows(self, table: str, rows: int) -> None:
+        """Commit rows INSERTed into ``table`` (a load client's writes; only their count is kept)."""
+        with self._lock:
+            self._rows_written[table.casefold()] = self._rows_written.get(table.casefold(), 0) + rows
+
+    def rows_written(self, table: str) -> int:
+        with self._lock:
+            return self._rows_written.get(table.casefold(), 0)
 
     def set_login(self, name: str, password: str, *, sysadmin: bool = False) -> None:
         """Create or replace a login; 'sa' is always sysadmin."""

@@ -272,7 +272,8 @@ def test_an_applied_request_is_carried_out_by_one_run_its_status_written_as_kube
     ]
     types = condition_types(done)
     assert types[:4] == ["RotateAuth", "DatabasePauseSucceeded", "UpdateCredential", "UpdatePetSets"]
-    assert sorted(types[4:-2]) == sorted(per_pod) and types[-2:] == ["RestartNodes", "Successful"]
+    waits = ["SecretPropagated", "SecondariesSynchronized"]  # before the primary's restart
+    assert sorted(types[4:-2]) == sorted(per_pod + waits) and types[-2:] == ["RestartNodes", "Successful"]
     assert all(cond["status"] == "True" and cond["observedGeneration"] == 1 for cond in status["conditions"])
     # One run, found by the request's UID, with the request's spec as parameters (names, no secret).
     [run] = runs_of(stack, request)

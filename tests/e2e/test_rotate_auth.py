@@ -33,6 +33,8 @@ KUBEDB_ORDER_3 = [
     "EvictPod--{2}",
     "CheckPodRunning--{2}",
     "GetPod--{0}",
+    "SecretPropagated",
+    "SecondariesSynchronized",
     "EvictPod--{0}",
     "CheckPodRunning--{0}",
     "RestartNodes",

@@ -162,6 +162,43 @@ def test_hadr_property_and_ag_role_follow_the_instance_state(state: InstanceStat
     assert query(connection, role_query) == [("SECONDARY",)]
 
 
+HEALTH = "SELECT synchronization_health_desc FROM sys.dm_hadr_availability_replica_states WHERE is_local = 1"
+WRITE = "INSERT INTO dbo.availability_probe (at) VALUES (1)"
+
+
+def test_a_secondary_is_not_healthy_until_it_has_caught_up(state: InstanceState, connect: Connect) -> None:
+    connection = connect(autocommit=True)
+    state.role = "SECONDARY"
+    assert query(connection, HEALTH) == [("HEALTHY",)]
+    state.catch_up_for(3600)
+    assert query(connection, HEALTH) == [("NOT_HEALTHY",)]
+    state.role = "PRIMARY"  # a primary has nothing to catch up with
+    assert query(connection, HEALTH) == [("HEALTHY",)]
+    state.role = "SECONDARY"
+    state.catch_up_for(0)
+    assert state.synchronized and query(connection, HEALTH) == [("HEALTHY",)]
+
+
+def test_writes_count_once_committed_and_only_on_the_primary(state: InstanceState, connect: Connect) -> None:
+    connection = connect()  # pymssql's implicit transaction: commit() ends it
+    connection.cursor().execute(WRITE)
+    assert state.rows_written("availability_probe") == 0  # not committed yet
+    connection.commit()
+    connection.cursor().execute("INSERT dbo.availability_probe VALUES (1), (2)")
+    connection.rollback()
+    assert state.rows_written("availability_probe") == 1
+    state.role = "SECONDARY"
+    number, message = execute_error(connection, WRITE)
+    assert (number, message) == (
+        3906,
+        'Failed to update database "master" because the database is read-only.',
+    )
+    state.role = "RESOLVING"
+    number, message = execute_error(connection, WRITE)
+    assert number == 983 and "not in the PRIMARY or SECONDARY role" in message
+    assert state.rows_written("availability_probe") == 1
+
+
 def test_without_hadr_the_role_query_returns_no_rows() -> None:
     server = TdsServer(InstanceState("solo", SA_PASSWORD), "127.0.0.1", 0)
     server.start()

@@ -22,6 +22,7 @@ PURE = [
     "rbac",
     "operator_settings",
     "selectors",
+    "workloads",
 ]
 IO_LIBRARIES = {"kubernetes", "pymssql", "prefect", "urllib3", "socket", "subprocess"}
 

@@ -116,6 +116,7 @@ def test_every_schema_property_has_a_description() -> None:
         "max_age",
         "finish_only",
         "ops_request",
+        "restart_workloads",
     }
     for name, prop in properties.items():
         assert prop.get("description"), name

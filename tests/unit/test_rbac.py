@@ -28,8 +28,12 @@ CORE_RESOURCES = {
     "pod_eviction": "pods/eviction",
     "event": "events",
     "lease": "leases",
+    "deployment": "deployments",
+    "stateful_set": "statefulsets",
+    "daemon_set": "daemonsets",
 }
-APIS = {"core": "", "coordination": "coordination.k8s.io"}  # self.<api>; custom: the group constant
+# self.<api>; custom: the group constant
+APIS = {"core": "", "coordination": "coordination.k8s.io", "apps": "apps"}
 
 
 def _api_method(node: ast.expr) -> tuple[str, str] | None:
@@ -73,10 +77,27 @@ def _raw_calls(call: ast.Call) -> set[Triple]:
     return set()
 
 
+def _chosen_methods(tree: ast.AST) -> set[tuple[str, str]]:
+    """API methods a verb picks from a dict by kind (``{WorkloadKind.DEPLOYMENT:
+    self.apps.patch_namespaced_deployment, ...}[kind]``), then calls."""
+    return {
+        method
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Dict)
+        for method in map(_api_method, node.values)
+        if method is not None
+    }
+
+
 def kube_calls() -> set[Triple]:
     """Every (group, resource, verb) that rotation/kube.py sends, read from its source."""
     calls: set[Triple] = set()
-    for call in (n for n in ast.walk(ast.parse(KUBE.read_text())) if isinstance(n, ast.Call)):
+    tree = ast.parse(KUBE.read_text())
+    for api, method in _chosen_methods(tree):
+        prefix, _, rest = method.partition("_namespaced_")
+        assert prefix in VERBS and rest in CORE_RESOURCES, f"rotation/kube.py picks {method}: teach this test"
+        calls.add((APIS[api], CORE_RESOURCES[rest], VERBS[prefix]))
+    for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
         methods = [m for m in map(_api_method, [call.func, *call.args]) if m is not None]
         watches = isinstance(call.func, ast.Attribute) and call.func.attr == "_watch_until"
         calls |= _raw_calls(call)
@@ -119,16 +140,22 @@ OPS_REQUEST_CALLS = {(c.OPS_GROUP, c.OPS_PLURAL, "get"), (c.OPS_GROUP, f"{c.OPS_
 # kube.py can create the Lease (for an admin identity, the sandbox), but the grant creates it instead:
 # a create cannot be limited by name, and would let a squatter pre-create another database's lock.
 LEASE_CREATE = ("coordination.k8s.io", "leases", "create")
+# Restarting a workload after a rotation: granted only by name, with --restart-workload.
+WORKLOAD_KINDS = ("deployments", "statefulsets", "daemonsets")
+WORKLOAD_PATCHES = {("apps", kind, "patch") for kind in WORKLOAD_KINDS}
+EVERY_KIND = ["deployment/app", "statefulset/db-client", "daemonset/agent"]
 
 
 def test_the_grant_is_exactly_the_api_calls_of_kube_py(example: rbac.Grant) -> None:
     calls = kube_calls()
 
     assert len(calls) >= 15, calls  # the parser found the adapter's verbs
-    assert LEASE_CREATE in calls
-    assert set(granted(example)) == calls - OPS_REQUEST_CALLS - {LEASE_CREATE}
-    with_ops = rbac.grant(NS, DB, 3, user_secrets=["mssql-demo-new-auth"], ops_requests=True)
-    assert set(granted(with_ops)) == calls - {LEASE_CREATE}
+    assert LEASE_CREATE in calls and calls >= WORKLOAD_PATCHES
+    assert set(granted(example)) == calls - OPS_REQUEST_CALLS - WORKLOAD_PATCHES - {LEASE_CREATE}
+    with_all = rbac.grant(
+        NS, DB, 3, user_secrets=["mssql-demo-new-auth"], ops_requests=True, restart_workloads=EVERY_KIND
+    )
+    assert set(granted(with_all)) == calls - {LEASE_CREATE}
 
 
 def test_the_ops_request_status_is_granted_only_when_asked() -> None:
@@ -147,7 +174,8 @@ def test_without_a_user_secret_the_database_and_its_petset_are_only_read() -> No
     names = granted(generated)
 
     assert not POD_TEMPLATE_WRITES & set(names)
-    assert set(names) == kube_calls() - OPS_REQUEST_CALLS - POD_TEMPLATE_WRITES - {LEASE_CREATE}
+    not_granted = OPS_REQUEST_CALLS | POD_TEMPLATE_WRITES | WORKLOAD_PATCHES | {LEASE_CREATE}
+    assert set(names) == kube_calls() - not_granted
     assert names[(c.DB_GROUP, c.DB_PLURAL, "get")] == names[(c.PETSET_GROUP, c.PETSET_PLURAL, "get")] == {DB}
     assert names[(c.DB_GROUP, f"{c.DB_PLURAL}/status", "patch")] == {DB}  # the pause
     assert "validating-admission-policy.yaml" not in " ".join(r.why for r in generated.rules)
@@ -176,6 +204,7 @@ def test_only_what_cannot_be_named_is_granted_namespace_wide(example: rbac.Grant
         ("", "pods", "watch"),
         ("", "events", "create"),  # generateName
         ("policy", "poddisruptionbudgets", "list"),  # before the eviction fallback deletes a pod
+        *(("apps", kind, "list") for kind in WORKLOAD_KINDS),  # the reloader annotation, found after
     }
     for rule in example.rules:
         if not rule.names:
@@ -267,6 +296,44 @@ def test_every_rule_names_the_steps_that_need_it(example: rbac.Grant) -> None:
         assert any(task in rule.why for task in tasks), rule
 
 
+# -- workloads restarted after a rotation (--restart-workload) ---------------------------------------
+def test_the_workloads_are_always_listed_and_patched_only_by_name_kind_by_kind() -> None:
+    g = rbac.grant(NS, DB, 3, restart_workloads=["deployment/app", "Deployment/web", "sts/db-client"])
+    names = granted(g)
+
+    for kind in WORKLOAD_KINDS:
+        assert names[("apps", kind, "list")] is None  # the annotation: a list names no object
+    # One rule per kind: resourceNames apply to every resource of a rule, so "db-client" is not a
+    # Deployment name here.
+    assert names[("apps", "deployments", "patch")] == {"app", "web"}
+    assert names[("apps", "statefulsets", "patch")] == {"db-client"}
+    assert ("apps", "daemonsets", "patch") not in names
+    assert {verb for (group, _, verb) in names if group == "apps"} == {"list", "patch"}  # no get, no watch
+    assert not WORKLOAD_PATCHES & set(granted(rbac.grant(NS, DB, 3)))
+
+
+def test_the_restart_workloads_are_normalised_listed_once_and_in_the_command() -> None:
+    g = rbac.grant(NS, DB, 1, restart_workloads=["Deploy/app", "deployments/app", "DaemonSet/agent"])
+
+    assert [str(w) for w in g.restart_workloads] == ["deployment/app", "daemonset/agent"]
+    assert g.command.endswith("--restart-workload deployment/app --restart-workload daemonset/agent")
+
+
+def test_the_patch_rules_and_the_header_say_what_the_grant_allows_and_what_it_does_not() -> None:
+    g = rbac.grant(NS, DB, 3, restart_workloads=["deployment/app"])
+    [patch] = [rule for rule in g.rules if rule.group == "apps" and rule.verbs == ("patch",)]
+    [listing] = [rule for rule in g.rules if rule.group == "apps" and rule.verbs == ("list",)]
+    text = " ".join(line.removeprefix("# ") for line in rbac.render(g).splitlines())
+
+    assert patch.why.startswith("Only with --restart-workload: restart-workloads")
+    assert "kubectl.kubernetes.io/restartedAt" in patch.why and "pod template" in patch.why
+    assert "secret.reloader.stakater.com/reload" in listing.why and "Not by name" in listing.why
+    assert "only if this grant also names it for patch (--restart-workload)" in listing.why
+    assert "only those named here with --restart-workload KIND/NAME (deployment/app;" in text
+    assert "list the three kinds, read only, so that the annotation is always honoured" in text
+    assert "(none is)" in " ".join(rbac.render(rbac.grant(NS, DB, 3)).split())
+
+
 # -- the YAML ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("namespace", "database", "secrets"),
@@ -278,12 +345,14 @@ def test_every_rule_names_the_steps_that_need_it(example: rbac.Grant) -> None:
     ],
 )
 def test_the_yaml_says_what_the_dicts_say(namespace: str, database: str, secrets: list[str]) -> None:
-    g = rbac.grant(namespace, database, 2, user_secrets=secrets)
+    g = rbac.grant(namespace, database, 2, user_secrets=secrets, restart_workloads=["deployment/true"])
 
     assert list(yaml.safe_load_all(rbac.render(g))) == rbac.documents(g)
 
 
-def test_every_rule_in_the_yaml_has_its_comment(example: rbac.Grant) -> None:
+@pytest.mark.parametrize("workloads", [[], EVERY_KIND])
+def test_every_rule_in_the_yaml_has_its_comment(workloads: list[str]) -> None:
+    example = rbac.grant(NS, DB, 3, user_secrets=["mssql-demo-new-auth"], restart_workloads=workloads)
     lines = rbac.render(example).splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("  - apiGroups:")]
 
@@ -317,6 +386,10 @@ def test_every_rule_in_the_yaml_has_its_comment(example: rbac.Grant) -> None:
         ({"tls_secrets": []}, "--tls-secret"),
         ({"service_account": "Rotator"}, "--service-account 'Rotator'"),
         ({"service_account_namespace": "a.b"}, "--service-account-namespace 'a.b'"),
+        ({"restart_workloads": ["job/nightly"]}, "--restart-workload 'job/nightly' is not KIND/NAME"),
+        ({"restart_workloads": ["app"]}, "--restart-workload 'app' is not KIND/NAME"),
+        ({"restart_workloads": ["deployment/My_App"]}, "--restart-workload 'deployment/My_App': 'My_App'"),
+        ({"restart_workloads": ["deployment/"]}, "--restart-workload 'deployment/': '' is not a valid name"),
     ],
 )
 def test_a_bad_argument_is_refused_naming_it(arguments: dict[str, object], named: str) -> None:

@@ -40,6 +40,22 @@ def test_it_prints_a_role_a_role_binding_and_the_lock_as_yaml() -> None:
     assert secrets == {"get": {"mssql-demo-auth", "a", "b", "ca"}, "update": {"mssql-demo-auth", "a", "b"}}
 
 
+def test_restart_workload_grants_patch_of_exactly_the_named_workloads() -> None:
+    done = run(*BASE, "--restart-workload", "deployment/app", "--restart-workload", "StatefulSet/db-client")
+
+    assert done.returncode == 0, done.stderr
+    role, _, _ = yaml.safe_load_all(done.stdout)
+    apps = {(tuple(r["resources"]), tuple(r["verbs"])): r.get("resourceNames") for r in role["rules"]}
+    apps = {key: names for key, names in apps.items() if key[0][0] in ("deployments", "statefulsets")}
+    assert apps == {
+        (("deployments", "statefulsets", "daemonsets"), ("list",)): None,
+        (("deployments",), ("patch",)): ["app"],
+        (("statefulsets",), ("patch",)): ["db-client"],
+    }
+    command = done.stdout.splitlines()[1]
+    assert command.endswith("--restart-workload deployment/app --restart-workload statefulset/db-client")
+
+
 def test_the_committed_example_is_what_its_command_prints() -> None:
     """deployments/rbac-mssql-demo.yaml can never drift from the generator: regenerate it with the
     command on its second line."""
@@ -68,6 +84,8 @@ def test_the_committed_example_is_what_its_command_prints() -> None:
         (["--namespace", "demo", "--database", "x", "--replicas", "three"], "'three'"),
         (["--namespace", "demo", "--database", "x"], "--replicas"),
         ([*BASE, "--service-account-namespace", "a_b"], "'a_b'"),
+        ([*BASE, "--restart-workload", "cronjob/nightly"], "'cronjob/nightly'"),
+        ([*BASE, "--restart-workload", "deployment/App"], "'deployment/App'"),
     ],
 )
 def test_a_bad_argument_exits_non_zero_naming_it_and_prints_nothing(args: list[str], named: str) -> None:

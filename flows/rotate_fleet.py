@@ -16,7 +16,12 @@ from typing import Annotated, Any, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture, as_completed
@@ -29,7 +34,15 @@ from flows.rotate_auth import rotate_mssql_auth
 from rotation.cancellation import request_stop, stopping
 from rotation.durations import AGE_PATTERN, parse_duration
 from rotation.errors import InvalidRequest, RotationError, RotationInProgress
-from rotation.fleet import Decision, FleetMode, FleetOutcome, PlannedDatabase, fleet_markdown, plan
+from rotation.fleet import (
+    Decision,
+    FleetMode,
+    FleetOutcome,
+    PlannedDatabase,
+    credential_ages,
+    fleet_markdown,
+    plan,
+)
 from rotation.params import Apply, ApplyPolicy, Namespace, Timeout, TlsVerify, TlsVerifyMode
 from tasks.aftermath import after_fleet_stopped
 from tasks.fleet import CONCURRENCY_LIMIT, discover_databases, ensure_concurrency_limit
@@ -38,6 +51,7 @@ from tasks.fleet import CONCURRENCY_LIMIT, discover_databases, ensure_concurrenc
 # step boundary, roll back or resume, and unlock, before the fleet run gives up on them: well within
 # the 30 s a process worker waits before SIGKILL (and the Job's terminationGracePeriodSeconds).
 STOP_GRACE_S = 20.0
+CREDENTIAL_AGE_KEY = "fleet-credential-age"  # the dry run's table artifact
 SLOT_LEASE_S = 60.0  # how long a dead rotation keeps its slot of the shared limit (the server's minimum)
 
 Namespaces = Annotated[
@@ -156,7 +170,8 @@ def rotate_mssql_fleet(
         concurrency: At most this many rotations at once in this run. The limit 'mssql-auth-rotation'
             that every fleet run shares is created with this size when missing and never resized
             (prefect gcl update mssql-auth-rotation --limit N).
-        dry_run: Plan and report only.
+        dry_run: Plan and report only, and publish every database's credential age and due date as the
+            table artifact fleet-credential-age, soonest due first.
         database: Only this database (namespace/name); the recovery trigger passes a crashed run's name.
         timeout: Each rotation's timeout per step.
         apply: IfReady skips databases that are not Ready; Always rotates them anyway.
@@ -170,6 +185,7 @@ def rotate_mssql_fleet(
     log.info("%d database(s): %d to rotate", len(planned), sum(p.decision.runs for p in planned))
     if dry_run:
         outcomes = [FleetOutcome(planned=p, outcome="planned" if p.decision.runs else "") for p in planned]
+        _publish_credential_ages(planned, now)
     else:
         outcomes = _rotate(planned, mode, max_age, concurrency, timeout, apply, tls_verify)
     report = FleetReport(mode=mode, dry_run=dry_run, outcomes=outcomes)
@@ -181,6 +197,17 @@ def rotate_mssql_fleet(
             + "; ".join(f"{o.planned.ref}: {o.message}" for o in report.failed)
         )
     return report
+
+
+def _publish_credential_ages(planned: list[PlannedDatabase], now: dt.datetime) -> None:
+    """Every database's credential age and due date, soonest first: "which are overdue" at a glance."""
+    overdue = sum(p.due_at is not None and p.due_at <= now for p in planned)
+    create_table_artifact(
+        key=CREDENTIAL_AGE_KEY,
+        table=credential_ages(planned, now),
+        description=f"Credential age of {len(planned)} database(s) on {now:%Y-%m-%d %H:%M} UTC, "
+        f"soonest due first: {overdue} overdue",
+    )
 
 
 def _rotate(

@@ -67,6 +67,11 @@ class PlannedDatabase(BaseModel):
     name: str
     decision: Decision
     reason: str
+    # The credentials' age, where the auth secret could be read: since when they are in use (None:
+    # unknown, so due now), when they fall due, and by which rule ("" when nothing could be read).
+    credentials_since: dt.datetime | None = None
+    due_at: dt.datetime | None = None
+    due_rule: str = ""
 
     @property
     def ref(self) -> str:
@@ -136,7 +141,13 @@ def plan(
     """The decision for one database, with the reason a person reads in the fleet's report."""
 
     def decided(decision: Decision, reason: str) -> PlannedDatabase:
-        return PlannedDatabase(namespace=facts.namespace, name=facts.name, decision=decision, reason=reason)
+        return PlannedDatabase(
+            namespace=facts.namespace,
+            name=facts.name,
+            decision=decision,
+            reason=reason,
+            **_age(facts, max_age_s),
+        )
 
     if facts.unreadable is not None:
         return decided(Decision.SKIPPED, facts.unreadable)
@@ -180,6 +191,56 @@ def plan(
         return decided(Decision.DUE, "no kubedb.com/auth-active-from: age unknown")
     age = (now - since).total_seconds()
     return decided(Decision.DUE, f"credentials {human(age)} old; due at {human(limit)} ({source})")
+
+
+def _age(facts: DatabaseFacts, max_age_s: float) -> dict[str, Any]:
+    """The credentials' age fields of a plan, where the auth secret could be read."""
+    if facts.unreadable is not None or not facts.secret_found:
+        return {}
+    since = active_from(facts)
+    limit, source = age_limit(facts.database, max_age_s)
+    rule = f"{source} {human(limit)}"
+    due = since + dt.timedelta(seconds=limit) if since is not None else None
+    return {"credentials_since": since, "due_at": due, "due_rule": rule}
+
+
+NONE = "n/a"  # not "-": Prefect's UI renders table cells as markdown, and "-" as a list bullet
+
+
+def credential_ages(planned: list[PlannedDatabase], now: dt.datetime) -> list[dict[str, str]]:
+    """One row per database for the fleet's credential-age table, the soonest due first: databases of
+    unknown age (due now), then by due date, then those whose secret could not be read."""
+
+    def order(p: PlannedDatabase) -> tuple[int, dt.datetime, str]:
+        if not p.due_rule:
+            return 2, now, p.ref
+        return (0, now, p.ref) if p.due_at is None else (1, p.due_at, p.ref)
+
+    rows = []
+    for p in sorted(planned, key=order):
+        since, due = p.credentials_since, p.due_at
+        if due is not None:
+            left = (due - now).total_seconds()
+            status = f"overdue by {human(-left)}" if left <= 0 else f"due in {human(left)}"
+        else:
+            status = "due now (age unknown)" if p.due_rule else "unknown"
+        rows.append(  # the columns in the order a person scans them; a wide table scrolls in the UI
+            {
+                "database": p.ref,
+                "status": status,
+                "due": _day(due),
+                "age": human(max(0.0, (now - since).total_seconds())) if since is not None else "unknown",
+                "decision": p.decision.value,
+                "reason": p.reason,
+                "rule": p.due_rule or NONE,
+                "credentials since": _day(since),
+            }
+        )
+    return rows
+
+
+def _day(moment: dt.datetime | None) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if moment is not None else NONE
 
 
 class FleetOutcome(BaseModel):

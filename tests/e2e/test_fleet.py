@@ -7,6 +7,7 @@ from the child runs' own timestamps, two fleet runs at once, dry runs, and recov
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import uuid
 
@@ -20,9 +21,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterName,
 )
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.concurrency import _leases as prefect_leases
 
-from flows.rotate_fleet import FleetReport, rotate_mssql_fleet
+from flows.rotate_fleet import CREDENTIAL_AGE_KEY, FleetReport, rotate_mssql_fleet
 from rotation.errors import RotationError
 from rotation.fleet import Decision, FleetMode
 from sandbox.cluster import Database, Sandbox
@@ -173,6 +175,32 @@ def test_a_dry_run_plans_and_reports_but_changes_nothing(sandbox: Sandbox, fleet
     assert [(o.planned.decision, o.outcome) for o in report.outcomes] == [(Decision.DUE, "planned")]
     assert db.secret_data()["password"] == original and not _child_runs([f"{fleet_namespace}/due"])
     assert "Fleet rotate (dry run)" in _artifact("rotate-fleet-rotate")
+
+
+def test_a_dry_run_publishes_every_databases_credential_age_soonest_due_first(
+    sandbox: Sandbox, fleet_namespace: str
+) -> None:
+    """The documented way to answer "which databases are overdue": a table artifact, one row each."""
+    _make(sandbox, fleet_namespace, "fresh", due=False)  # its credentials were made a moment ago
+    _make(sandbox, fleet_namespace, "overdue")
+
+    rotate_mssql_fleet(namespaces=[fleet_namespace], dry_run=True)
+
+    with get_client(sync_client=True) as prefect:
+        [artifact] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[CREDENTIAL_AGE_KEY])),
+            limit=1,
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    assert artifact.type == "table" and "1 overdue" in str(artifact.description)
+    rows = [
+        row for row in json.loads(str(artifact.data)) if row["database"].startswith(f"{fleet_namespace}/")
+    ]
+    assert [row["database"] for row in rows] == [f"{fleet_namespace}/overdue", f"{fleet_namespace}/fresh"]
+    assert (
+        rows[0]["status"].startswith("overdue by") and rows[0]["credentials since"] == "2024-01-01 00:00 UTC"
+    )
+    assert rows[1]["status"].startswith("due in 29d") and rows[1]["rule"] == "max_age 30d0h"
 
 
 @proves(

@@ -14,6 +14,7 @@ from rotation.fleet import (
     FleetMode,
     FleetOutcome,
     PlannedDatabase,
+    credential_ages,
     fleet_markdown,
     plan,
 )
@@ -164,3 +165,40 @@ def test_the_report_lists_every_database_with_decision_reason_outcome_and_link()
     )
     assert "| a/x\\|y | not due | fresh |" in text
     assert text.index("a/x") < text.index("ns/db")
+
+
+def test_the_credential_age_table_lists_the_soonest_due_first_with_its_rule() -> None:
+    named = {
+        "fresh": _facts(age_days=10),
+        "overdue": _facts(age_days=40),
+        "own-rule": _facts(age_days=5, auth_secret={"rotateAfter": "168h"}),  # 7 days: due in 2
+        "unknown": _facts(age_days=None),
+        "no-secret": _facts(secret_found=False),
+    }
+    planned = [
+        _plan(facts.model_copy(update={"name": name, "secret": f"{name}-auth"}))
+        for name, facts in named.items()
+    ]
+
+    rows = credential_ages(planned, NOW)
+
+    assert [row["database"] for row in rows] == [
+        "ns/unknown",
+        "ns/overdue",
+        "ns/own-rule",
+        "ns/fresh",
+        "ns/no-secret",
+    ]
+    by_name = {row["database"]: row for row in rows}
+    assert by_name["ns/overdue"]["status"] == "overdue by 10d0h"
+    assert by_name["ns/overdue"]["due"] == "2026-05-22 00:00 UTC" and by_name["ns/overdue"]["age"] == "40d0h"
+    assert by_name["ns/own-rule"]["status"] == "due in 2d0h"
+    assert by_name["ns/own-rule"]["rule"] == "spec.authSecret.rotateAfter 7d0h"
+    assert by_name["ns/fresh"]["rule"] == "max_age 30d0h" and by_name["ns/fresh"]["decision"] == "not due"
+    assert (
+        by_name["ns/unknown"]["status"] == "due now (age unknown)" and by_name["ns/unknown"]["due"] == "n/a"
+    )
+    assert (
+        by_name["ns/no-secret"]["status"] == "unknown"
+        and "does not exist" in by_name["ns/no-secret"]["reason"]
+    )

@@ -51,7 +51,7 @@ from tasks.commit import check_before_commit, commit_secret, update_petsets
 from tasks.inspect import confirm_due, inspect_database
 from tasks.lock import LockKeeper, acquire_lock, lease_seconds, release_lock
 from tasks.ops_request import report_to_ops_request
-from tasks.pause import pause_database, resume_database
+from tasks.pause import pause_database, report_left_paused, resume_database
 from tasks.primary_restart import wait_for_secret_propagation, wait_for_synchronized_secondaries
 from tasks.report import publish_report, record_failure
 from tasks.restart import check_pod_running, evict_pod, get_next_pod
@@ -199,7 +199,11 @@ def _rotate(target: Target, user_secret: str | None, step: Step) -> str:
         with step("RestartNodes", "Successfully restarted all nodes"):
             check_rotation(target, secret_in_use)
     finally:
-        resume_database(target)
+        try:
+            resume_database(target)
+        except BaseException as exc:
+            report_left_paused(target, exc)  # the database stays paused: a person is told
+            raise
     return secret_in_use
 
 

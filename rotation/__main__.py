@@ -1,18 +1,23 @@
 """``python -m rotation rbac ...``: print the RBAC and the lock one database's rotations need;
 ``python -m rotation rbac-fleet ...``: the in-cluster fleet's identity and its discovery
-(deployments/README.md).
+(deployments/README.md); ``python -m rotation notifications --block ...``: install the automations that
+tell a person when a rotation fails, crashes or leaves a database paused (docs/notifications.md).
 
-Offline: it reads nothing from a cluster; pipe its output to ``kubectl apply -f -``. A bad argument is
-reported on stderr with exit status 2 and nothing on stdout, so a pipe applies nothing.
+``rbac`` and ``rbac-fleet`` are offline: they read nothing from a cluster; pipe their output to
+``kubectl apply -f -``. ``notifications`` talks to the Prefect API of ``PREFECT_API_URL``. A bad argument
+is reported on stderr with exit status 2 and nothing on stdout, so a pipe applies nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
 
-from rotation import rbac
+from rotation import notifications, rbac
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,12 +141,41 @@ def _parser() -> argparse.ArgumentParser:
         default=rbac.IDENTITY,
         help=f"its namespace (default {rbac.IDENTITY})",
     )
+    notify = commands.add_parser(
+        "notifications",
+        help="install the automations that notify a person when a rotation fails, crashes or leaves a "
+        "database paused (Prefect API)",
+        description=(
+            "Create or update, on the Prefect server of PREFECT_API_URL, the automations of "
+            "deployments/automations/notify-failures.yaml (each found again by its name, so running it "
+            "again is harmless), each sending its message through one Prefect notification block: a "
+            "Slack, Microsoft Teams, PagerDuty, e-mail or custom webhook block created beforehand "
+            "(docs/notifications.md)."
+        ),
+    )
+    notify.add_argument(
+        "--block",
+        default=os.environ.get(notifications.BLOCK_ENV),
+        metavar="TYPE/NAME",
+        help=(
+            "the notification block, as <block-type-slug>/<block-name> (as `prefect block ls` shows it), "
+            f"e.g. {notifications.EXAMPLE}; default: ${notifications.BLOCK_ENV}"
+        ),
+    )
+    notify.add_argument(
+        "--file",
+        type=Path,
+        default=notifications.AUTOMATIONS_FILE,
+        help="the automations (default: deployments/automations/notify-failures.yaml of this checkout)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "notifications":
+        return _install_notifications(parser, args)
     if args.command == "rbac-fleet":
         try:
             fleet = rbac.fleet_grant(
@@ -170,6 +204,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except rbac.InvalidName as exc:
         parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
     sys.stdout.write(rbac.render(grant))
+    return 0
+
+
+def _install_notifications(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Only this command needs Prefect, so it is imported here (rbac stays offline and quick)."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from rotation import notifications_installer as installer
+
+    def fail(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {message}\n")
+
+    try:
+        block = notifications.parse_block_setting(args.block)
+        source = str(args.file)
+        try:
+            text = args.file.read_text()
+        except OSError as exc:
+            raise notifications.NotificationSetupError(
+                f"cannot read the automations file {source} ({exc.strerror}): run from the checkout or pass "
+                "--file"
+            ) from None
+        automations = notifications.parse_automations(text, source)
+    except notifications.NotificationSetupError as exc:
+        fail(str(exc))
+    if not PREFECT_API_URL.value():
+        fail(
+            "PREFECT_API_URL is not set: set it to the API of the Prefect server whose runs should notify "
+            "(e.g. https://prefect.example.com/api), else the automations would go to a throwaway local API"
+        )
+    with get_client(sync_client=True) as client:
+        try:
+            block_id = installer.resolve_block(client, block)
+            done = installer.install(client, installer.validated(automations, block_id, source))
+        except notifications.NotificationSetupError as exc:
+            fail(str(exc))
+        except httpx.HTTPError as exc:  # unreachable, refused credentials, a server error
+            parser.exit(
+                1,
+                f"{parser.prog} {args.command}: error: the Prefect API at {installer.server_address(client)} "
+                f"failed ({type(exc).__name__}: {exc}); check PREFECT_API_URL (and PREFECT_API_AUTH_STRING "
+                "or PREFECT_API_KEY) and that the server is up, then run this again\n",
+            )
+    for installed in done:
+        print(installed)
+    print(f"{len(done)} automation(s) notify through block {block} ({block_id})")
     return 0
 
 

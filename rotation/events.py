@@ -2,7 +2,10 @@
 
 Each rotation emits ``kubedb.mssqlserver.rotation.<what>`` on the resource
 ``kubedb.mssqlserver.<namespace>.<name>`` when it starts, succeeds, fails or rolls back, with the flow
-run as a related resource. Automations (recovery, notifications) key on the database this way
+run as a related resource; and ``left-paused`` when the database stays paused after the run (its
+``finally`` could not resume it, or the crash hook of tasks/aftermath.py left the pause in place on
+purpose), with ``reason`` (why, and what removes it) and, if any, ``error``. Automations (recovery,
+the notifications of deployments/automations/notify-failures.yaml) key on the database this way
 instead of parsing run names. Payloads carry names, stages and error texts (which never hold a
 secret), never a password.
 """
@@ -23,6 +26,7 @@ class RotationEvent(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ROLLED_BACK = "rolled-back"
+    LEFT_PAUSED = "left-paused"
 
 
 def resource_id(namespace: str, database: str) -> str:

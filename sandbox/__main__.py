@@ -14,7 +14,8 @@ from sandbox import in_cluster
 from sandbox.cluster import Database, Sandbox, Settings
 from sandbox.controlplane import free_port
 from sandbox.postgres import PrivatePostgres
-from sandbox.prefect_stack import K8S_POOL, LOCAL_POOL, PrefectStack
+from sandbox.prefect_stack import K8S_POOL, LOCAL_POOL, NOTIFICATION_BLOCK, PrefectStack
+from sandbox.webhook_receiver import Received, WebhookReceiver
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +86,7 @@ def run_stack(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("[stack] starting the sandbox ...", flush=True)
-    with Sandbox() as sandbox:
+    with Sandbox() as sandbox, WebhookReceiver(on_request=print_notification) as receiver:
         db = sandbox.create_database(args.namespace, args.database, replicas=args.replicas)
         postgres = PrivatePostgres() if args.db == "postgres" else None
         prefect = PrefectStack(port=args.port)
@@ -101,6 +102,13 @@ def run_stack(args: argparse.Namespace) -> int:
             prefect.start_server()
             print("[stack] creating work pools and deploying prefect.yaml ...", flush=True)
             prefect.deploy_all()
+            print(
+                f"[stack] notifications: block {NOTIFICATION_BLOCK} -> {receiver.url}; "
+                f"python -m rotation notifications --block {NOTIFICATION_BLOCK} ...",
+                flush=True,
+            )
+            prefect.save_webhook_block(NOTIFICATION_BLOCK, receiver.url)
+            installed = prefect.install_notifications(NOTIFICATION_BLOCK)
             if args.in_cluster:
                 print("[stack] applying deployments/rbac.yaml, worker.yaml and bridge.yaml ...", flush=True)
                 run_in_cluster(sandbox, prefect, db)
@@ -132,6 +140,10 @@ def run_stack(args: argparse.Namespace) -> int:
   From kubectl: kubectl apply -f deployments/examples/rotate-auth.yaml
                 kubectl get mssqlserveropsrequests -n {db.namespace} -w
                 (python -m rotation.bridge starts a run per request; log: {bridge_log})
+  Notify:       a rotation that fails, crashes or leaves its database paused is told through the
+                block {NOTIFICATION_BLOCK} (a webhook to {receiver.url}); each message
+                is printed here as [notification] (docs/notifications.md). Installed:
+{_indented(installed.strip(), 16)}
   {workers}. Press Ctrl-C to stop everything.""",
                 flush=True,
             )
@@ -151,6 +163,15 @@ def run_stack(args: argparse.Namespace) -> int:
                 if postgres is not None:
                     postgres.stop()  # after the server, which would otherwise log lost connections
     return 0
+
+
+def print_notification(request: Received) -> None:
+    """What the stack's webhook receiver got: a notification, printed where the stack's user looks."""
+    print(f"\n[notification] {request.subject}\n{_indented(request.body, 4)}", flush=True)
+
+
+def _indented(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())
 
 
 def run_in_cluster(sandbox: Sandbox, prefect: PrefectStack, db: Database) -> None:

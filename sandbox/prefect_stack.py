@@ -1,6 +1,7 @@
 """A local Prefect server with its UI, the project's work pools and deployments, and a process worker
 whose flow runs reach the sandbox. Used by ``python -m sandbox stack`` and the deployment tests; it
-drives Prefect only through its CLI and HTTP API, as a user would.
+drives Prefect through its CLI and HTTP API, and the project's own commands, as a user would (a
+notification block is saved with Prefect's Python API, as a user saves one without the UI).
 
 The server keeps its data in SQLite (a file in its ``home``) unless ``database_url`` names another
 database, such as the ``url`` of a ``sandbox.postgres.PrivatePostgres``.
@@ -39,6 +40,8 @@ HEALTH_TIMEOUT_S = 90.0
 # stack's worker and bridge get it only when asked, never from whatever the caller's shell exported.
 ALLOW_TRUST_SERVER_CERTIFICATE = "MSSQL_AUTH_ROTATION_ALLOW_TRUST_SERVER_CERTIFICATE"
 BUSY_RETRIES = 5
+# The stack's notification block: a custom webhook posting to its local receiver (webhook_receiver.py).
+NOTIFICATION_BLOCK = "custom-webhook/rotation-alerts"
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
@@ -101,6 +104,7 @@ class PrefectStack:
         self.port = self.port or free_port()
         env = self.env()
         env.pop("PREFECT_API_URL")  # the server itself has no API to talk to
+        env["PREFECT_UI_URL"] = self.ui_url  # the links the server's notifications carry
         if self.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         argv = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -187,6 +191,38 @@ class PrefectStack:
                 "--overwrite",
             )
         self.prefect("--no-prompt", "deploy", "--all")
+
+    def save_webhook_block(self, block: str, url: str) -> None:
+        """A ``custom-webhook`` notification block (``custom-webhook/<name>``) that posts each
+        notification's subject and body as JSON to ``url`` (sandbox/webhook_receiver.py)."""
+        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from sandbox.webhook_receiver import BLOCK_JSON
+
+        slug, _, name = block.partition("/")
+        if slug != "custom-webhook" or not name:
+            raise StackError(f"{block!r} is not custom-webhook/<name>")
+        webhook = CustomWebhookNotificationBlock(
+            name=name, url=url, json_data=dict(BLOCK_JSON), headers=None, cookies=None
+        )
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            webhook.save(name, overwrite=True)
+
+    def install_notifications(self, block: str) -> str:
+        """``python -m rotation notifications --block <block>`` against this server, as an operator runs
+        it; its output."""
+        result = subprocess.run(
+            [sys.executable, "-m", "rotation", "notifications", "--block", block],
+            cwd=PROJECT_DIR,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise StackError(f"installing the notifications failed ({result.returncode}):\n{result.stderr}")
+        return result.stdout
 
     # -- REST --------------------------------------------------------------------------------
     def api(self, method: str, path: str, body: Any | None = None) -> Any:

@@ -10,7 +10,8 @@ exited or been killed. So these hooks may do what the dead run's ``finally`` did
   disagree on the password then, and KubeDB's health checks would act on a half-set database), and
   no other run holds the lock (the pause would be that run's business);
 - say what happened, as a Warning Event on the MSSQLServer (and on the ops request the run carried
-  out), naming the stage and what finishes it.
+  out), naming the stage and what finishes it; and, when the database stays paused, as the Prefect
+  event ``kubedb.mssqlserver.rotation.left-paused``, whose notification tells a person.
 
 A hook that finds its run still alive in this process (a keeper holds its Lease here, as when the
 engine itself runs the hook) does nothing: the run's own ``finally`` is still to come.
@@ -28,6 +29,7 @@ from prefect.logging import get_logger
 from prefect.states import Crashed
 
 from rotation import constants as c
+from rotation.events import RotationEvent, emit
 from rotation.kube import Kube, now_rfc3339
 from rotation.ops_request import FINAL_PHASES, condition
 from rotation.plan import lock_name, our_pause, pause_holder
@@ -50,6 +52,8 @@ def after_rotation_stopped(flow: object, flow_run: FlowRun, state: State[Any]) -
         f"{FLOW_RUN_HOLDER}{flow_run.id}",
         f"run {flow_run.name} ended {state.name}",
         ops_request if isinstance(ops_request, str) else None,
+        run_id=str(flow_run.id),
+        run_name=flow_run.name,
     )
 
 
@@ -70,9 +74,15 @@ def after_fleet_stopped(flow: object, flow_run: FlowRun, state: State[Any]) -> N
             continue  # still running in this process (the engine runs this hook): its finally follows
         after_rotation_stopped(flow, child, state)
         try:
-            _mark_crashed(child.id, f"Its fleet run {flow_run.name} ended {state.name} while it ran")
+            _mark_crashed(child.id, ended_with_its_fleet(flow_run.name, state.name))
         except Exception as exc:
             get_logger(LOGGER).warning("could not mark run %s crashed: %s", child.name, exc)
+
+
+def ended_with_its_fleet(fleet_run: str, state: str | None) -> str:
+    """The Crashed message of a rotation whose fleet run died or was stopped under it (the failure
+    notifications leave these out: deployments/automations/notify-failures.yaml tells the fleet's)."""
+    return f"Its fleet run {fleet_run} ended {state} while it ran"
 
 
 def _unfinished_children(parent: UUID) -> list[FlowRun]:
@@ -88,15 +98,25 @@ def _mark_crashed(run_id: UUID, message: str) -> None:
         prefect.set_flow_run_state(run_id, Crashed(message=message), force=True)
 
 
-def clean_up(namespace: str, database: str, holder: str, what: str, ops_request: str | None = None) -> str:
-    """Release what ``holder`` left on the database when that is safe; returns what was done (also
-    written as a Warning Event). Best effort: a failure is logged, never raised (a hook's error would
-    only hide the run's own)."""
+def clean_up(
+    namespace: str,
+    database: str,
+    holder: str,
+    what: str,
+    ops_request: str | None = None,
+    *,
+    run_id: str | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Release what ``holder`` (the run ``run_id``) left on the database when that is safe; returns
+    what was done (also written as a Warning Event, and as the left-paused event when the database
+    stays paused). Best effort: a failure is logged, never raised (a hook's error would only hide the
+    run's own)."""
     log = get_logger(LOGGER)
     if held_here(namespace, lock_name(database), holder):
         return "the run is still alive in this process; its own finally cleans up"
     try:
-        done = _clean_up(Kube(namespace), database, holder, what)
+        done, left_paused = _clean_up(Kube(namespace), database, holder, what)
         kube = Kube(namespace)
         kube.record_event(kube.get_database(database), REASON, done, warning=True)
         if ops_request:
@@ -105,10 +125,13 @@ def clean_up(namespace: str, database: str, holder: str, what: str, ops_request:
         log.warning("clean-up after %s of %s/%s failed: %s", what, namespace, database, exc)
         return f"clean-up failed: {exc}"
     log.warning("%s/%s: %s", namespace, database, done)
+    if left_paused:
+        emit(RotationEvent.LEFT_PAUSED, namespace, database, run_id=run_id, run_name=run_name, reason=done)
     return done
 
 
-def _clean_up(kube: Kube, database: str, holder: str, what: str) -> str:
+def _clean_up(kube: Kube, database: str, holder: str, what: str) -> tuple[str, bool]:
+    """What was done, and whether the database stays paused by this run on purpose."""
     ref = f"{kube.namespace}/{database}"
     lease = lease_kube(kube.namespace, lease_seconds()).read_lease(lock_name(database))
     other = holder_of(lease) if holder_of(lease) not in (None, holder) else None
@@ -118,6 +141,7 @@ def _clean_up(kube: Kube, database: str, holder: str, what: str) -> str:
     staged = secret is not None and c.KEY_PASSWORD_NEXT in (secret.data or {})
     pending = secret is not None and c.ANNOTATION_RESTART_PENDING in (secret.metadata.annotations or {})
     said = [f"Rotation {what} without finishing its own clean-up."]
+    left_paused = False
     if our_pause(db, holder) is None:
         pass
     elif other is not None:
@@ -127,6 +151,7 @@ def _clean_up(kube: Kube, database: str, holder: str, what: str) -> str:
             "The database stays paused: a new password is staged (password.next) and the replicas may "
             "disagree on it until a run finishes or rolls it back."
         )
+        left_paused = True
     else:
         remaining = [cond for cond in _conditions(db) if pause_holder(cond) != holder]
         kube.patch_database_status(database, {"conditions": remaining}, db["metadata"]["resourceVersion"])
@@ -139,7 +164,7 @@ def _clean_up(kube: Kube, database: str, holder: str, what: str) -> str:
         )
     elif staged:
         said.append(f"The recover deployment (or a re-run) finishes {ref} from the staged password.")
-    return " ".join(said)
+    return " ".join(said), left_paused
 
 
 def _conditions(db: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,9 +14,11 @@ import time
 from typing import Any, Final
 
 from prefect import get_run_logger, task
+from prefect.runtime import flow_run
 
 from rotation import constants as c
 from rotation.errors import DatabaseBusy, PauseLost
+from rotation.events import RotationEvent, emit
 from rotation.kube import Kube, now_rfc3339
 from rotation.plan import Target, describe_pause, foreign_pause, our_pause, pause_holder, pause_message
 from tasks._policy import RETRYING
@@ -135,3 +137,28 @@ def resume_database(target: Target) -> None:
         db, "DatabaseResumeSucceeded", f"Successfully resumed MSSQLServer database: {target.ref}"
     )
     get_run_logger().info("%s resumed", target.ref)
+
+
+def report_left_paused(target: Target, failure: BaseException) -> None:
+    """The flow's ``finally`` could not resume the database (its retries spent, or the run stopped
+    meanwhile): emit ``kubedb.mssqlserver.rotation.left-paused``, whose notification tells a person
+    (deployments/automations/notify-failures.yaml). Best effort, like every event."""
+    emit(
+        RotationEvent.LEFT_PAUSED,
+        target.namespace,
+        target.database,
+        run_id=str(flow_run.get_id() or "") or None,
+        run_name=flow_run.get_name(),
+        reason=left_paused_reason(target),
+        error=str(failure) or type(failure).__name__,
+    )
+
+
+def left_paused_reason(target: Target) -> str:
+    return (
+        f"this run could not resume {target.ref}: its Paused condition ({pause_message(target.holder)}) is "
+        "still on the MSSQLServer, so KubeDB leaves the database alone. The next rotation of the database "
+        "takes that pause over and resumes it (rotate-mssql-fleet/recover looks every 10 minutes); if the "
+        "pause is still there after that, fix what the error names and run the rotation again, or remove "
+        "that Paused condition from the MSSQLServer's status"
+    )

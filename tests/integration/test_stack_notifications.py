@@ -1,0 +1,86 @@
+"""``make stack`` tells a person about a failed run: its webhook receiver gets the notification and the
+stack prints it, as ``python -m sandbox stack`` runs for a user (docs/notifications.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_sandbox_cli import run_sandbox, stop_gracefully
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+NOTIFY_TIMEOUT_S = 120
+
+
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    """The process's output up to the first line holding ``marker``."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"the stack exited early ({proc.poll()}):\n{''.join(seen)}")
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    pytest.fail(f"no {marker!r} within {timeout}s:\n{''.join(seen)}")
+
+
+def test_make_stack_installs_the_notifications_and_prints_the_one_a_failed_rotation_sends() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        ui_port = int(sock.getsockname()[1])
+    proc = run_sandbox("stack", "--port", str(ui_port), "--replicas", "1")
+    try:
+        ready = read_until(proc, "Press Ctrl-C", 180)
+        assert "Notify:" in ready and "custom-webhook/rotation-alerts" in ready, ready
+        assert len(re.findall(r"created automation '", ready)) == 5, ready
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env["PREFECT_API_URL"] = f"http://127.0.0.1:{ui_port}/api"
+        # A database that does not exist: the rotation fails in its first step (Inspect).
+        started = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "deployment",
+                "run",
+                "rotate-mssql-auth/manual",
+                "--param",
+                "namespace=demo",
+                "--param",
+                "database=no-such-db",
+            ],
+            cwd=PROJECT_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = started.stdout.split("UUID:")[1].split()[0]
+
+        printed = read_until(proc, "Link:", NOTIFY_TIMEOUT_S)
+
+        note = printed[printed.index("[notification]") :]
+        print(note)  # what the stack's user sees
+        assert (
+            "[notification] [mssql-auth-rotation] FAILED: rotation of demo/no-such-db at step RotateAuth"
+            in note
+        )
+        assert "Database: demo/no-such-db (namespace/name)" in note
+        assert "no-such-db" in note.split("Error:", 1)[1]
+        assert f"Link:     http://127.0.0.1:{ui_port}/runs/flow-run/{run_id}" in note
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        stop_gracefully(proc)
+        assert proc.stdout is not None
+        proc.stdout.close()

@@ -8,6 +8,7 @@ around the flow (its heartbeat thread sleeps in whole seconds, and the engine jo
 up to 1 s). Prints measured numbers; asserts nothing (speed targets live here, not in tests).
 
     .venv/bin/python benchmarks/rotation_overhead.py [--runs 5] [--stop-delay 0.5] [--start-delay 1.0]
+        [--no-handshake]
 """
 
 from __future__ import annotations
@@ -40,16 +41,27 @@ def main() -> None:
         "--stop-delay", type=float, default=0.5, help="seconds from eviction to container stop"
     )
     parser.add_argument("--start-delay", type=float, default=1.0, help="seconds from removal to recreation")
+    parser.add_argument(
+        "--no-handshake",
+        action="store_true",
+        help="the provisioner never acknowledges a pause (the sandbox's pause_handshake off): the warm-up "
+        "run waits the whole 30 s once and the cluster remembers it",
+    )
     args = parser.parse_args()
 
     floor = args.replicas * (args.stop_delay + args.start_delay)
-    settings = Settings(pod_stop_delay=args.stop_delay, pod_start_delay=args.start_delay)
+    settings = Settings(
+        pod_stop_delay=args.stop_delay,
+        pod_start_delay=args.start_delay,
+        pause_handshake=not args.no_handshake,
+    )
     with Sandbox(settings) as sandbox:
         os.environ["KUBECONFIG"] = str(sandbox.kubeconfig)
         warm = sandbox.create_database("bench", "warm-up", replicas=args.replicas)
         t0 = time.perf_counter()
         rotate_mssql_auth(namespace=warm.namespace, database=warm.name)
         print(f"warm-up run (starts Prefect's embedded API): {time.perf_counter() - t0:.2f} s")
+        pauses = []
 
         walls, spans = [], []
         for run in range(args.runs):
@@ -60,6 +72,7 @@ def main() -> None:
             assert report.outcome == "Successful"
             first, last = report.conditions[0], report.conditions[-1]
             spans.append((last.started_at - first.started_at).total_seconds() + last.seconds)
+            pauses.append(next(c.seconds for c in report.conditions if c.type == "DatabasePauseSucceeded"))
             engine = walls[-1] - spans[-1]
             print(
                 f"run {run + 1}: wall {walls[-1]:.2f} s, overhead {walls[-1] - floor:.2f} s "
@@ -75,6 +88,8 @@ def main() -> None:
         f"max {max(walls) - floor:.2f} s per database (target: at most 1.5 s)\n"
         f"  of which the steps' own overhead: median {statistics.median(spans) - floor:.2f} s, "
         f"Prefect's engine around them: median {statistics.median(engines):.2f} s"
+        f"\npause (DatabasePauseSucceeded), handshake {'off' if args.no_handshake else 'on'}: median "
+        f"{statistics.median(pauses):.2f} s"
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import urllib3
@@ -267,6 +269,18 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.apps = client.AppsV1Api(api)
+        self._configuration = api.configuration
+
+    @property
+    def cluster(self) -> tuple[str, str]:
+        """Which cluster this is: its API server's address and a digest of the CA that vouches for it
+        (two clusters may share an in-cluster address such as 10.96.0.1, never a CA)."""
+        ca_file = self._configuration.ssl_ca_cert
+        try:
+            ca = Path(ca_file).read_bytes() if ca_file else b""
+        except OSError:
+            ca = b""
+        return str(self._configuration.host), hashlib.sha256(ca).hexdigest()
 
     def _where(self, kind: str, name: str) -> str:
         return f"{kind} {self.namespace}/{name}"

@@ -5,6 +5,12 @@ resourceVersion it read, so a pause set meanwhile by someone else is never overw
 provisioner acknowledges with ``True`` once it has stopped reconciling the database. The condition
 carries this project's marker and the run's id in its message, so a resume never removes a pause that
 belongs to another operation, and a re-run recognises a pause left by a killed run.
+
+Whether KubeDB's MSSQLServer provisioner acknowledges is not public (docs/kubedb-fidelity.md,
+"Pausing"); one that does not still honours a ``True`` pause. So the run waits for the acknowledgement
+(30 s), then sets ``True`` itself, and the cluster remembers which it was (rotation/provisioner_memory.py):
+on a cluster whose provisioner did not acknowledge last time, the next runs wait only a few seconds
+(5 s) for one, and an acknowledgement seen at any time restores the full wait for the runs after it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
 from rotation import constants as c
+from rotation import provisioner_memory
 from rotation.errors import DatabaseBusy, PauseLost
 from rotation.events import RotationEvent, emit
 from rotation.kube import Kube, now_rfc3339
@@ -29,14 +36,22 @@ ACK_SECONDS_ENV: Final = "MSSQL_AUTH_ROTATION_PAUSE_ACK_SECONDS"
 # MSSQLServer provisioner acknowledges is unverified (other KubeDB databases' do); one that does not
 # still honours a True pause, so waiting longer would only slow every rotation down.
 DEFAULT_ACK_SECONDS: Final = 30.0
+PROBE_SECONDS_ENV: Final = "MSSQL_AUTH_ROTATION_PAUSE_PROBE_SECONDS"
+# The wait on a cluster whose provisioner did not acknowledge last time: still long enough for one that
+# has since learnt the handshake to answer (KubeDB's docs show its own pause taking about 3 s).
+DEFAULT_PROBE_SECONDS: Final = 5.0
 
 
 def _conditions(db: dict[str, Any]) -> list[dict[str, Any]]:
     return list((db.get("status") or {}).get("conditions") or [])
 
 
-def _ack_seconds(target: Target) -> float:
-    return min(target.timeout_seconds, float(os.environ.get(ACK_SECONDS_ENV, DEFAULT_ACK_SECONDS)))
+def _ack_seconds(target: Target, acknowledged_before: bool | None) -> float:
+    """The whole period, unless this cluster's provisioner did not acknowledge last time."""
+    full = min(target.timeout_seconds, float(os.environ.get(ACK_SECONDS_ENV, DEFAULT_ACK_SECONDS)))
+    if acknowledged_before is False:
+        return min(full, float(os.environ.get(PROBE_SECONDS_ENV, DEFAULT_PROBE_SECONDS)))
+    return full
 
 
 @task(name="pause-database", **RETRYING)
@@ -86,19 +101,26 @@ def _await_acknowledgement(kube: Kube, target: Target, holder: str) -> dict[str,
         mine = our_pause(db, holder)
         return mine is None or mine.get("status") == c.PAUSE_ACKNOWLEDGED
 
+    before = provisioner_memory.acknowledges(kube.cluster)
+    seconds = _ack_seconds(target, before)
     try:
-        deadline = time.monotonic() + _ack_seconds(target)
+        deadline = time.monotonic() + seconds
         db = kube.wait_for_database(target.database, settled, deadline, guard=lambda: check_lock(target))
     except TimeoutError:
-        return _pause_without_acknowledgement(kube, target, holder)
+        if before is not False:
+            provisioner_memory.remember(kube.cluster, acknowledged=False, seen_on=target.ref)
+        return _pause_without_acknowledgement(kube, target, holder, seconds, before)
     if our_pause(db, holder) is None:
         raise PauseLost(f"{target.ref}: the pause this run requested was removed before it took effect")
+    if before is not True:
+        provisioner_memory.remember(kube.cluster, acknowledged=True, seen_on=target.ref)
     return db
 
 
-def _pause_without_acknowledgement(kube: Kube, target: Target, holder: str) -> dict[str, Any]:
+def _pause_without_acknowledgement(
+    kube: Kube, target: Target, holder: str, seconds: float, before: bool | None
+) -> dict[str, Any]:
     """No acknowledgement in time: a provisioner without the handshake honours a True pause."""
-    seconds = _ack_seconds(target)
     db = kube.get_database(target.database)
     conditions = _conditions(db)
     for cond in conditions:
@@ -108,9 +130,14 @@ def _pause_without_acknowledgement(kube: Kube, target: Target, holder: str) -> d
             break
     else:
         raise PauseLost(f"{target.ref}: the pause this run requested was removed before it took effect")
+    learnt = (
+        " (it did not acknowledge last time either)"
+        if before is False
+        else f"; the next rotations on this cluster wait {_ack_seconds(target, False):.0f}s for it"
+    )
     message = (
         f"KubeDB's provisioner did not acknowledge the pause of {target.ref} within {seconds:.0f}s; "
-        "pausing without its acknowledgement"
+        f"pausing without its acknowledgement{learnt}"
     )
     get_run_logger().warning(message)
     db = kube.patch_database_status(

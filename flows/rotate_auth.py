@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from rotation.cancellation import raise_if_stopping
 from rotation.constants import ROLE_PRIMARY
 from rotation.errors import InvalidRequest, RotationError
-from rotation.events import RotationEvent, emit
+from rotation.events import RotationEvent, emit_from_this_run
 from rotation.params import (
     Apply,
     ApplyPolicy,
@@ -260,14 +260,7 @@ def _last_step(conditions: ConditionLog) -> str | None:
 
 
 def _emit(what: RotationEvent, request: RotationRequest, **payload: object) -> None:
-    emit(
-        what,
-        request.namespace,
-        request.database,
-        run_id=str(flow_run.get_id() or "") or None,
-        run_name=flow_run.get_name(),
-        **payload,
-    )
+    emit_from_this_run(what, request.namespace, request.database, **payload)
 
 
 def _success_message(target: Target) -> str:
@@ -301,14 +294,7 @@ def _roll_back(target: Target, failure: BaseException) -> None:
     """Put the old password back; if even that fails, say how the next run recovers."""
     try:
         roll_back_password(target)
-        emit(
-            RotationEvent.ROLLED_BACK,
-            target.namespace,
-            target.database,
-            run_id=str(flow_run.get_id() or "") or None,
-            run_name=flow_run.get_name(),
-            reason=str(failure),
-        )
+        emit_from_this_run(RotationEvent.ROLLED_BACK, target.namespace, target.database, reason=str(failure))
     except Exception as exc:
         raise RotationError(
             f"{failure} — and the rollback failed too ({exc}). The new password stays staged in Secret "

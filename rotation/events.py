@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from prefect.events import emit_event
 from prefect.logging import get_logger
+from prefect.runtime import flow_run
 
 PREFIX: Final = "kubedb.mssqlserver.rotation."
 
@@ -73,3 +74,15 @@ def emit(
         )
     except Exception as exc:
         get_logger("mssql_auth_rotation.events").warning("event %s not sent: %s", what.value, exc)
+
+
+def emit_from_this_run(what: RotationEvent, namespace: str, database: str, **payload: Any) -> None:
+    """``emit``, related to the flow run this code runs in."""
+    emit(
+        what,
+        namespace,
+        database,
+        run_id=str(flow_run.get_id() or "") or None,
+        run_name=flow_run.get_name(),
+        **payload,
+    )

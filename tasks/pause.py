@@ -20,12 +20,11 @@ import time
 from typing import Any, Final
 
 from prefect import get_run_logger, task
-from prefect.runtime import flow_run
 
 from rotation import constants as c
 from rotation import provisioner_memory
 from rotation.errors import DatabaseBusy, PauseLost
-from rotation.events import RotationEvent, emit
+from rotation.events import RotationEvent, emit_from_this_run
 from rotation.kube import Kube, now_rfc3339
 from rotation.plan import Target, describe_pause, foreign_pause, our_pause, pause_holder, pause_message
 from tasks._policy import RETRYING
@@ -170,12 +169,10 @@ def report_left_paused(target: Target, failure: BaseException) -> None:
     """The flow's ``finally`` could not resume the database (its retries spent, or the run stopped
     meanwhile): emit ``kubedb.mssqlserver.rotation.left-paused``, whose notification tells a person
     (deployments/automations/notify-failures.yaml). Best effort, like every event."""
-    emit(
+    emit_from_this_run(
         RotationEvent.LEFT_PAUSED,
         target.namespace,
         target.database,
-        run_id=str(flow_run.get_id() or "") or None,
-        run_name=flow_run.get_name(),
         reason=left_paused_reason(target),
         error=str(failure) or type(failure).__name__,
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import tasks.pause
+import rotation.events
 from flows.rotate_auth import rotate_mssql_auth
 from rotation.errors import PermanentError
 from rotation.notifications import AUTOMATIONS_FILE, parse_automations
@@ -173,20 +173,20 @@ def test_a_run_whose_finally_cannot_resume_emits_left_paused(
     proxy.add_fault("PATCH", status, times=1, delay=0.01)  # the pause goes through
     proxy.add_fault("PATCH", status, times=1, status=403)  # the resume is refused
     emitted: list[dict[str, Any]] = []
-    real_emit = vars(tasks.pause)["emit"]
+    real_emit = vars(rotation.events)["emit"]
 
     def record(what: Any, namespace: str, database: str, **kwargs: Any) -> None:
         emitted.append({"what": str(what), "ref": f"{namespace}/{database}", **kwargs})
         real_emit(what, namespace, database, **kwargs)
 
-    monkeypatch.setattr(tasks.pause, "emit", record)
+    monkeypatch.setattr(rotation.events, "emit", record)  # every event of ours goes through it
 
     with pytest.raises(PermanentError, match="403"):
         rotate_mssql_auth(namespace=db.namespace, database=db.name)
 
     assert is_paused(db)
-    [event] = emitted
-    assert event["what"] == "left-paused" and event["ref"] == f"{db.namespace}/{db.name}"
+    [event] = [e for e in emitted if e["what"] == "left-paused"]
+    assert event["ref"] == f"{db.namespace}/{db.name}"
     assert event["run_name"] == f"rotate-auth {db.namespace}/{db.name}" and event["run_id"]
     assert "could not resume" in event["reason"] and "403" in event["error"]
     passwords = db.sandbox.known_passwords()

@@ -24,11 +24,11 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 150  # a wait bound, not a target: the stack starts in about 40 s on an idle machine
 
 
-def read_until(proc: subprocess.Popen[str], marker: str) -> str:
+def read_until(proc: subprocess.Popen[str], marker: str, timeout: float = STARTUP_TIMEOUT_S) -> str:
     """Lines of the process's output up to the one holding ``marker``."""
     assert proc.stdout is not None
     seen: list[str] = []
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -36,7 +36,7 @@ def read_until(proc: subprocess.Popen[str], marker: str) -> str:
         seen.append(line)
         if marker in line:
             return "".join(seen)
-    pytest.fail(f"no {marker!r} within {STARTUP_TIMEOUT_S}s:\n{''.join(seen)}")
+    pytest.fail(f"no {marker!r} within {timeout}s:\n{''.join(seen)}")
 
 
 def run_sandbox(*args: str) -> subprocess.Popen[str]:

@@ -9,30 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
-
-from tests.integration.test_sandbox_cli import run_sandbox, stop_gracefully
+from tests.integration.test_sandbox_cli import read_until, run_sandbox, stop_gracefully
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 NOTIFY_TIMEOUT_S = 120
-
-
-def read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """The process's output up to the first line holding ``marker``."""
-    assert proc.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            pytest.fail(f"the stack exited early ({proc.poll()}):\n{''.join(seen)}")
-        seen.append(line)
-        if marker in line:
-            return "".join(seen)
-    pytest.fail(f"no {marker!r} within {timeout}s:\n{''.join(seen)}")
 
 
 def test_make_stack_installs_the_notifications_and_prints_the_one_a_failed_rotation_sends() -> None:

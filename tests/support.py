@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pymssql
 from kubernetes import client
@@ -93,6 +96,19 @@ def pymssql_attempt(
     return None if result is None else (int(result[0]), str(result[1]))
 
 
+def closed_before_login(outcome: tuple[int, str] | None) -> TypeGuard[tuple[int, str]]:
+    """Whether a pymssql_attempt failed because the connection closed before any login reply (a TLS
+    refusal by either side, or the server hung up): FreeTDS's 20002 "TDS server connection failed"
+    and no 20018 (the server answered nothing). The text decides, as in rotation/sqlserver.py, not the
+    first number: under CPU load FreeTDS sometimes reports 20017 "Unexpected EOF" first (2 of 150
+    attempts against a forcing server with four busy loops on two cores; docs/freetds-tls.md)."""
+    if outcome is None:
+        return False
+    text = outcome[1]
+    closed = "DB-Lib error message 20002" in text and "TDS server connection failed" in text
+    return closed and "20018" not in text
+
+
 def freetds_conf(folder: Path, sections: dict[str, dict[str, str]]) -> Path:
     """Write a freetds.conf with an empty [global] and one section per endpoint (docs/freetds-tls.md:
     ``host``, ``port``, ``ca file``, ``certificate hostname``; connect with ``server=<section>``)."""
@@ -166,3 +182,14 @@ def assert_untouched(db: Database, original: str) -> None:
     assert secret["password"] == original and "password.next" not in secret
     assert not is_paused(db)
     assert db.sandbox.coordination_leases(db.namespace) == []
+
+
+@contextlib.contextmanager
+def task_run_log(handler: logging.Handler) -> Iterator[None]:
+    """``handler`` receives Prefect's task-run log (the run log's task lines) while the block runs."""
+    logger = logging.getLogger("prefect.task_runs")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)

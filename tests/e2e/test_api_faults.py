@@ -22,7 +22,14 @@ from sandbox.cluster import Database, Sandbox
 from sandbox.faultproxy import FaultProxy
 from tests.e2e.conftest import DatabaseFactory
 from tests.fault_matrix import proves
-from tests.support import assert_rotated, assert_untouched, event_reasons, is_paused, terminated_pods
+from tests.support import (
+    assert_rotated,
+    assert_untouched,
+    event_reasons,
+    is_paused,
+    task_run_log,
+    terminated_pods,
+)
 
 URLLIB3_DEFAULT_RETRIES = 3  # urllib3's Retry.DEFAULT, which the kubernetes client keeps
 
@@ -45,13 +52,8 @@ class PrefectRetries(logging.Handler):
 
 @pytest.fixture
 def retries() -> Iterator[PrefectRetries]:
-    handler = PrefectRetries()
-    logger = logging.getLogger("prefect.task_runs")
-    logger.addHandler(handler)
-    try:
+    with task_run_log(handler := PrefectRetries()):
         yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 def assert_completed(db: Database, old: str, report: RotationReport) -> None:

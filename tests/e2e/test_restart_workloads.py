@@ -42,7 +42,7 @@ from tasks.lock import LEASE_SECONDS_ENV
 from tests.e2e.conftest import DatabaseFactory
 from tests.e2e.test_crashes import CHILD_LEASE_SECONDS, report_the_dead_run_as_crashed, run_until_killed
 from tests.e2e.test_rbac import create, wait_for_grant
-from tests.support import assert_rotated, assert_untouched, event_reasons, is_paused
+from tests.support import assert_rotated, assert_untouched, event_reasons, is_paused, task_run_log
 
 FOREIGN_IMAGE = "registry.example/app:1.0"  # not the project's image: its pods stay Pending
 EVENT_REASON = "RestartWorkloads"
@@ -131,13 +131,8 @@ class Warnings(logging.Handler):
 
 @pytest.fixture
 def warnings() -> Iterator[Warnings]:
-    handler = Warnings()
-    logger = logging.getLogger("prefect.task_runs")
-    logger.addHandler(handler)
-    try:
+    with task_run_log(handler := Warnings()):
         yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 # -- after a successful rotation ---------------------------------------------------------------------

@@ -413,7 +413,9 @@ def test_a_run_waiting_in_a_long_step_notices_at_once_that_it_lost_its_lock(
 def test_a_re_sent_renewal_that_conflicts_does_not_lose_the_lock(
     make_database: DatabaseFactory, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MSSQL_AUTH_ROTATION_LEASE_SECONDS", "3")  # renewed every second
+    # Renewed every 2 s: several renewals during the rotation, and a 4 s deadline that a loaded machine
+    # meets (a 3 s lease must be renewed within 2 s, re-sends included).
+    monkeypatch.setenv("MSSQL_AUTH_ROTATION_LEASE_SECONDS", "6")
     db = make_database(replicas=3)
     original = db.secret_data()["password"]
     for pod in db.pods:

@@ -5,6 +5,7 @@ PostgreSQL (which needs Debian's postgresql package, installed by scripts/setup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -14,11 +15,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]  # no type information; Prefect's PostgreSQL driver
 import pytest
 import yaml
+
+from sandbox.controlplane import free_port
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 150  # a wait bound, not a target: the stack starts in about 40 s on an idle machine
@@ -102,6 +106,24 @@ def stop_gracefully(proc: subprocess.Popen[str]) -> None:
             proc.wait()
 
 
+@contextlib.contextmanager
+def running_sandbox(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -m sandbox ARGS``, stopped with Ctrl-C at the end even after a failed assertion."""
+    proc = run_sandbox(*args)
+    try:
+        yield proc
+    finally:
+        stop_gracefully(proc)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def ctrl_c(proc: subprocess.Popen[str]) -> int:
+    """What a user does to stop the command: its exit status."""
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=90)
+
+
 def deployment_names(ui_port: int) -> set[str]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{ui_port}/api/deployments/filter",
@@ -149,11 +171,8 @@ def processes_mentioning(text: str) -> list[int]:
 def test_sandbox_stack_serves_ui_deployments_and_bridge_from_postgres_and_stops_all_on_ctrl_c() -> None:
     """``make stack PREFECT_DB=postgres``. The default, SQLite, differs only in the server's database
     URL; the end-to-end tests' stack runs on it (one stack start per variant costs ~25 s)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        ui_port = int(sock.getsockname()[1])
-    proc = run_sandbox("stack", "--db", "postgres", "--port", str(ui_port), "--replicas", "1")
-    try:
+    ui_port = free_port()
+    with running_sandbox("stack", "--db", "postgres", "--port", str(ui_port), "--replicas", "1") as proc:
         output = read_until(proc, "Press Ctrl-C")
         match = re.search(
             r"Prefect DB: +PostgreSQL \S+ at postgresql\+asyncpg://prefect:\*\*\*@127\.0\.0\.1:(\d+)/prefect "
@@ -183,12 +202,7 @@ def test_sandbox_stack_serves_ui_deployments_and_bridge_from_postgres_and_stops_
         bridge = processes_with_env(f"PREFECT_API_URL=http://127.0.0.1:{ui_port}/api", "rotation.bridge")
         assert len(bridge) == 1, "the stack runs one bridge (python -m rotation.bridge)"
 
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=90) == 0
-    finally:
-        stop_gracefully(proc)  # after a failed assertion too: let the stack stop what it started
-        assert proc.stdout is not None
-        proc.stdout.close()
+        assert ctrl_c(proc) == 0
     assert not accepts_connections(ui_port), "the Prefect server is still running after Ctrl-C"
     assert not accepts_connections(pg_port), "PostgreSQL is still running after Ctrl-C"
     assert not processes_mentioning(f"{cluster}/data"), "a PostgreSQL process outlived Ctrl-C"
@@ -199,11 +213,8 @@ def test_sandbox_stack_serves_ui_deployments_and_bridge_from_postgres_and_stops_
 def test_sandbox_stack_in_cluster_carries_the_example_request_through_the_bridge_and_worker_pods() -> None:
     """``make stack IN_CLUSTER=1``: the bridge and the worker are pods; the README's example request,
     applied with kubectl, ends Successful through a Job; Ctrl-C stops everything."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        ui_port = int(sock.getsockname()[1])
-    proc = run_sandbox("stack", "--in-cluster", "--port", str(ui_port), "--replicas", "1")
-    try:
+    ui_port = free_port()
+    with running_sandbox("stack", "--in-cluster", "--port", str(ui_port), "--replicas", "1") as proc:
         output = read_until(proc, "Press Ctrl-C")
         match = re.search(r"export KUBECONFIG=(\S+)", output)
         assert match, output
@@ -243,11 +254,6 @@ def test_sandbox_stack_in_cluster_carries_the_example_request_through_the_bridge
         pods = processes_mentioning("pod_init.py")
         assert pods, "no pod of the project's image runs"
 
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=90) == 0
-    finally:
-        stop_gracefully(proc)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        assert ctrl_c(proc) == 0
     assert not accepts_connections(ui_port), "the Prefect server is still running after Ctrl-C"
     assert not any(Path(f"/proc/{pid}").exists() for pid in pods), "a pod's process outlived Ctrl-C"

@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_sandbox_cli import read_until, run_sandbox, stop_gracefully
+from sandbox.controlplane import free_port
+from tests.integration.test_sandbox_cli import ctrl_c, read_until, running_sandbox
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 NOTIFY_TIMEOUT_S = 120
 
 
 def test_make_stack_installs_the_notifications_and_prints_the_one_a_failed_rotation_sends() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        ui_port = int(sock.getsockname()[1])
-    proc = run_sandbox("stack", "--port", str(ui_port), "--replicas", "1")
-    try:
+    ui_port = free_port()
+    with running_sandbox("stack", "--port", str(ui_port), "--replicas", "1") as proc:
         ready = read_until(proc, "Press Ctrl-C", 180)
         assert "Notify:" in ready and "custom-webhook/rotation-alerts" in ready, ready
         assert len(re.findall(r"created automation '", ready)) == 5, ready
@@ -60,9 +56,4 @@ def test_make_stack_installs_the_notifications_and_prints_the_one_a_failed_rotat
         assert "Database: demo/no-such-db (namespace/name)" in note
         assert "no-such-db" in note.split("Error:", 1)[1]
         assert f"Link:     http://127.0.0.1:{ui_port}/runs/flow-run/{run_id}" in note
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=90) == 0
-    finally:
-        stop_gracefully(proc)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        assert ctrl_c(proc) == 0

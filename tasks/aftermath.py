@@ -116,8 +116,8 @@ def clean_up(
     if held_here(namespace, lock_name(database), holder):
         return "the run is still alive in this process; its own finally cleans up"
     try:
-        done, left_paused = _clean_up(Kube(namespace), database, holder, what)
         kube = Kube(namespace)
+        done, left_paused = _clean_up(kube, database, holder, what)
         kube.record_event(kube.get_database(database), REASON, done, warning=True)
         if ops_request:
             _tell_ops_request(kube, ops_request, done)
